@@ -1,0 +1,82 @@
+"""fetch stage: params `data` -> data/dataset.pt + data/manifest.json.
+
+`data.source: cifar100` uses data/raw/cifar-100-python.tar.gz when it is there (md5 checked),
+and downloads it with torchvision otherwise. `data.source: synthetic` generates the seeded
+stand-in that tests, CI and offline runs use.
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+
+from stages import params as P
+from stages.data import (CIFAR100_FILENAME, CIFAR100_MD5, CIFAR100_URL, DATASET_FILE, MANIFEST_FILE,
+                         RAW_DIR, DataError, build_dataset, read_cifar100_archive, synthetic)
+from stages.files import md5sum, torch_save, write_json
+
+
+def download_cifar100() -> None:
+    """Download the archive with torchvision (which checks the md5); remove a bad copy."""
+    from torchvision.datasets.utils import download_url
+
+    archive = RAW_DIR / CIFAR100_FILENAME
+    print(f"fetch: downloading {CIFAR100_URL} -> {archive}", file=sys.stderr)
+    try:
+        download_url(CIFAR100_URL, str(RAW_DIR), CIFAR100_FILENAME, md5=CIFAR100_MD5)
+    except (urllib.error.URLError, OSError) as e:
+        archive.unlink(missing_ok=True)
+        raise DataError(
+            f"cannot download CIFAR-100 ({e}). Put {CIFAR100_FILENAME} (md5 {CIFAR100_MD5}) "
+            f"at {archive}, or run with -S data.source=synthetic") from None
+    except RuntimeError as e:  # torchvision: "File not found or corrupted."
+        archive.unlink(missing_ok=True)
+        raise DataError(f"{archive}: download corrupted ({e}); removed it, try again") from None
+
+
+def cifar100_source(data: P.DataParams) -> tuple[dict, dict]:
+    archive = RAW_DIR / CIFAR100_FILENAME
+    if archive.is_file() and md5sum(archive) != CIFAR100_MD5:
+        archive.unlink()
+        print(f"fetch: {archive} failed its md5 check (partial or corrupt); removed it",
+              file=sys.stderr)
+    if not archive.is_file():
+        download_cifar100()
+    train_x, train_y, test_x, test_y, classes = read_cifar100_archive(archive, CIFAR100_MD5)
+    dataset = build_dataset(train_x, train_y, test_x, test_y, classes,
+                            seed=data.seed, val_size=data.val_size)
+    return dataset, {"archive": CIFAR100_FILENAME, "archive_md5": CIFAR100_MD5, "url": CIFAR100_URL}
+
+
+def synthetic_source(data: P.DataParams) -> tuple[dict, dict]:
+    train_x, train_y = synthetic(data.synthetic_train_size, data.seed, stream=0)
+    test_x, test_y = synthetic(data.synthetic_test_size, data.seed, stream=1)
+    classes = [f"class_{i:02d}" for i in range(100)]
+    dataset = build_dataset(train_x, train_y, test_x, test_y, classes,
+                            seed=data.seed, val_size=data.val_size)
+    return dataset, {"generator": "stages.data.synthetic", "seed": data.seed}
+
+
+SOURCES = {"cifar100": cifar100_source, "synthetic": synthetic_source}
+
+
+@P.cli
+def main(argv: list[str]) -> None:
+    data = P.load().data
+    dataset, origin = SOURCES[data.source](data)
+    torch_save(DATASET_FILE, dataset)
+    write_json(MANIFEST_FILE, {
+        "source": data.source,
+        **origin,
+        "sizes": {split: len(dataset[f"{split}_labels"]) for split in ("train", "val", "test")},
+        "num_classes": len(dataset["classes"]),
+        "dataset_file": DATASET_FILE.name,
+        "dataset_md5": md5sum(DATASET_FILE),
+    })
+    print(f"fetch: {data.source}: {len(dataset['train_labels'])} train, "
+          f"{len(dataset['val_labels'])} val, {len(dataset['test_labels'])} test -> {DATASET_FILE}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

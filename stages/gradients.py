@@ -1,0 +1,103 @@
+"""gradients stage: one variant's weight snapshots -> per-layer gradients and activations on a
+fixed probe batch.
+
+    python -m stages.gradients VGG_38       (dvc.yaml runs it as gradients@VGG_38)
+
+For each snapshot epoch in `gradients.epochs` (0 = initialisation), it loads
+models/V/epoch_XXX.pt, runs the first `gradients.probe_size` validation images (the same
+images for every variant, un-augmented) forward and backward in training mode with the
+training loss, and records per layer the gradient statistics of the training capture plus the
+layer's output mean, std and fraction of non-positive values (its pre-activations: the
+activation comes after). Writes plots/grad_flow/V.csv, rows in the capture's long format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from stages import params as P
+from stages.capture import COLUMNS, grad_stats
+from stages.data import Augment, DataError, load_dataset
+from stages.files import write_csv
+from stages.model import VGG, probed_parameters
+from stages.training import loss_fn, pick_device
+
+ACTIVATION_COLUMNS = ("act_mean", "act_std", "act_nonpos_frac")
+PROBE_COLUMNS = COLUMNS + ACTIVATION_COLUMNS
+
+
+def output(variant: str) -> Path:
+    return Path("plots/grad_flow") / f"{variant}.csv"
+
+
+def probe(model: VGG, x: torch.Tensor, y: torch.Tensor, include_bias: bool, aux_weight: float):
+    """Per probed layer: (name, [mean|g|, ||g||, max|g|, ||w||], [act mean, std, nonpos frac])."""
+    probed = probed_parameters(model, include_bias)
+    owners = {name.rsplit(".", 1)[0] for name, p in model.named_parameters()}
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [module.register_forward_hook(
+        lambda m, inp, out, key=key.replace(".", "_"): outputs.__setitem__(key, out.detach().float()))
+        for key, module in model.named_modules() if key in owners]
+    model.train()  # batch statistics in BN, auxiliary heads on: what training sees
+    model.zero_grad(set_to_none=True)
+    try:
+        logits, aux = model(x)
+        loss, _ = loss_fn(logits, aux, y, aux_weight, len(y))
+        loss.backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    stats = grad_stats([p for _, p in probed]).cpu().tolist()
+    rows = []
+    for (name, _), s in zip(probed, stats):
+        out = outputs.get(name.removesuffix("_bias"))
+        acts = ([out.mean().item(), out.std().item(), (out <= 0).float().mean().item()]
+                if out is not None else [math.nan] * 3)
+        rows.append((name, s, acts))
+    return rows
+
+
+@P.cli
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.gradients")
+    parser.add_argument("variant")
+    args = parser.parse_args(argv)
+    params = P.load()
+    cfg = params.run(args.variant)
+    dataset = load_dataset(params.data)
+    device = pick_device(cfg.train.device)
+    n_probe = min(cfg.gradients.probe_size, len(dataset.val))
+    t = cfg.train
+    augment = Augment(t.mean, t.std, 0, False, device)
+    x = augment.normalize(dataset.val.images[:n_probe].to(device))
+    y = dataset.val.labels[:n_probe].to(device)
+    steps_per_epoch = -(-len(dataset.train) // t.batch_size)
+
+    torch.manual_seed(t.seed)
+    model = VGG(cfg.variant, cfg.model).to(device)
+    rows = []
+    for epoch in cfg.snapshot_epochs():
+        path = Path("models") / cfg.name / f"epoch_{epoch:03d}.pt"
+        if not path.is_file():  # e.g. the run diverged before this epoch
+            print(f"gradients: {cfg.name}: no snapshot {path}; skipped", file=sys.stderr)
+            continue
+        try:
+            model.load_state_dict(torch.load(path, weights_only=True, map_location=device)["model"])
+        except (RuntimeError, KeyError) as e:
+            raise DataError(f"{path}: not a snapshot of variant {cfg.name} ({e})") from None
+        aux_weight = cfg.variant.aux_weight * (1 - epoch / t.epochs)
+        for i, (name, g, a) in enumerate(probe(model, x, y, cfg.gradients.include_bias, aux_weight)):
+            # update_ratio belongs to an optimizer step; a probe takes none.
+            rows.append((cfg.name, epoch, epoch * steps_per_epoch, i, name, *g, math.nan, *a))
+    write_csv(output(cfg.name), PROBE_COLUMNS, rows)
+    print(f"gradients: {cfg.name}: {len(rows)} rows on {n_probe} probe images -> {output(cfg.name)}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
