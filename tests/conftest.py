@@ -1,0 +1,106 @@
+"""Shared fixtures: a copy of the project in a temporary folder with a tiny synthetic config.
+
+Tests never touch the network: the synthetic source, or CIFAR-100 archives the tests write
+themselves in the official pickle format.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+# Seconds, not minutes, on 2 CPU cores: a few hundred images, one epoch.
+TINY = {
+    "data": {"source": "synthetic", "synthetic_train_size": 600, "synthetic_test_size": 200,
+             "val_size": 200},
+    "train": {"epochs": 1, "eval_batch_size": 500, "device": "cpu"},
+    "variants": {"VGG_08": {"depth": 8}, "VGG_38": {"depth": 38}},
+    "gradients": {"probe_size": 50},
+    "sweep": {"depths": [8, 14], "fixes": ["none", "bn_rc"], "epochs": 1},
+}
+
+# What a copy of the project needs (the files git would check out).
+PROJECT_FILES = ["stages", "reference", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore",
+                 ".dvc/config", ".dvc/.gitignore", ".dvc/plots", ".gitignore"]
+
+
+def default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """base with overrides applied section by section; `variants` is replaced whole."""
+    out = copy.deepcopy(base)
+    for section, values in overrides.items():
+        if isinstance(values, dict) and section != "variants" and isinstance(out.get(section), dict):
+            out[section].update(copy.deepcopy(values))
+        else:
+            out[section] = copy.deepcopy(values)
+    return out
+
+
+def write_params(project: Path, overrides: dict | None = None, base: dict | None = None) -> dict:
+    params = merged(base if base is not None else merged(default_params(), TINY), overrides or {})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def copy_project(dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / name)
+    return dst
+
+
+def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """Run a command in the project copy; the copy's `stages` package wins over the installed one."""
+    env = {**os.environ, "PYTHONPATH": str(cwd), "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def stage(name: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([PYTHON, "-m", f"stages.{name}", *args], cwd=cwd, check=check)
+
+
+def git_init(project: Path) -> None:
+    run(["git", "init", "-q"], cwd=project)
+    run(["git", "config", "user.email", "test@example.com"], cwd=project)
+    run(["git", "config", "user.name", "test"], cwd=project)
+    run(["git", "add", "-A"], cwd=project)
+    run(["git", "commit", "-qm", "init"], cwd=project)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the project with the tiny synthetic params (not a git repo)."""
+    path = copy_project(tmp_path / "project")
+    write_params(path)
+    return path
+
+
+@pytest.fixture
+def fetched(project: Path) -> Path:
+    """The project copy after the fetch stage."""
+    stage("fetch", cwd=project)
+    return project
