@@ -18,11 +18,13 @@ STATS = ("mean_abs_grad", "grad_norm", "max_abs_grad", "weight_norm", "update_ra
 COLUMNS = ("variant", "epoch", "step", "layer_index", "layer") + STATS
 
 
-def grad_stats(params: list[torch.Tensor]) -> torch.Tensor:
+def grad_stats(params: list[torch.Tensor], numel: torch.Tensor | None = None) -> torch.Tensor:
     """(layers, 4): mean |g|, ||g||, max |g|, ||w|| for each tensor, on the tensors' device.
-    A parameter with no gradient counts as a zero gradient."""
+    A parameter with no gradient counts as a zero gradient. Pass `numel` (the tensors' sizes,
+    already on the device) in a loop: building it from a list is a host-to-device copy."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    numel = torch.tensor([p.numel() for p in params], device=params[0].device, dtype=torch.float32)
+    if numel is None:
+        numel = torch.tensor([p.numel() for p in params], device=params[0].device, dtype=torch.float32)
     l1 = torch.stack(torch._foreach_norm(grads, 1)).float()
     l2 = torch.stack(torch._foreach_norm(grads, 2)).float()
     linf = torch.stack(torch._foreach_norm(grads, math.inf)).float()
@@ -38,6 +40,7 @@ class GradientCapture:
         self.names, self.params, self.every = names, params, every
         slots = max(1, -(-steps_per_epoch // every))
         self.buffer = torch.full((slots, len(params), len(STATS)), math.nan, device=params[0].device)
+        self.numel = torch.tensor([p.numel() for p in params], device=params[0].device, dtype=torch.float32)
         self.steps: list[int] = []
         self._before: list[torch.Tensor] | None = None
         self.rows: list[tuple] = []  # (epoch, step, layer_index, layer, *stats) on the host
@@ -49,7 +52,7 @@ class GradientCapture:
     def before_step(self, step: int) -> None:
         """After backward (and DDP's all-reduce), before optimizer.step()."""
         slot = len(self.steps)
-        self.buffer[slot, :, :4] = grad_stats(self.params)
+        self.buffer[slot, :, :4] = grad_stats(self.params, self.numel)
         self._before = [p.detach().clone() for p in self.params]
         self.steps.append(step)
 
@@ -78,4 +81,5 @@ def first_last_conv_ratio(rows: list[tuple], names: list[str], epoch_step: tuple
     found = {r[3]: r[4] for r in rows if (r[0], r[1]) == epoch_step and r[3] in (first, last)}
     if last not in found or first not in found or not found[last]:
         return None
-    return found[first] / found[last]
+    ratio = found[first] / found[last]
+    return ratio if math.isfinite(ratio) else None  # NaN after a divergence; JSON has no NaN

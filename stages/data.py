@@ -68,19 +68,21 @@ def read_cifar100_archive(archive: Path | str, md5: str = CIFAR100_MD5):
             raise DataError(f"{archive}: cifar-100-python/{member} is not a file")
         return pickle.load(f, encoding="latin1")  # trusted: the archive's md5 matched
 
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            train, test, meta = load(tar, "train"), load(tar, "test"), load(tar, "meta")
-    except (tarfile.TarError, KeyError, EOFError, OSError, pickle.UnpicklingError) as e:
-        raise DataError(f"{archive}: not a readable CIFAR-100 python archive ({e})") from None
-
     def images(batch: dict) -> torch.Tensor:
         return torch.as_tensor(batch["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
 
     def labels(batch: dict) -> torch.Tensor:
         return torch.as_tensor(batch["fine_labels"], dtype=torch.int64)
 
-    return images(train), labels(train), images(test), labels(test), list(meta["fine_label_names"])
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            train, test, meta = load(tar, "train"), load(tar, "test"), load(tar, "meta")
+        return images(train), labels(train), images(test), labels(test), list(meta["fine_label_names"])
+    except DataError:
+        raise
+    except Exception as e:  # damaged bytes make tarfile, zlib or pickle raise almost anything
+        raise DataError(f"{archive}: not a readable CIFAR-100 python archive "
+                        f"({type(e).__name__}: {e})") from None
 
 
 def synthetic(n: int, seed: int, stream: int):

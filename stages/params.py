@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 import types
 import typing
@@ -23,6 +24,10 @@ PARAMS_FILE = Path("params.yaml")
 
 class ParamsError(ValueError):
     """A params.yaml value that cannot be used; the message starts with the key path."""
+
+
+class _OutOfRange(ParamsError):
+    """The right type but outside its bounds: a Union reports this, not a type mismatch."""
 
 
 def _check(minimum=None, maximum=None, *, exclusive_min=False):
@@ -62,7 +67,7 @@ class TrainParams:
     eval_batch_size: int = field(default=1000, metadata=_check(1))
     compile: bool = False  # torch.compile the model
     channels_last: Literal["auto", True, False] = "auto"  # auto: on CUDA only
-    distributed: bool = False  # DDP over torchrun's processes
+    distributed: bool = False  # the train stage relaunches itself under torchrun (DDP)
 
 
 # Fields a variant may override from `train`.
@@ -195,6 +200,8 @@ def _convert(value, tp, path: str, meta: dict):
                 continue
             try:
                 return _convert(value, option, path, meta)
+            except _OutOfRange:
+                raise  # `lr: 0` in an Optional[float] is "must be > 0", not "expected a number"
             except ParamsError:
                 pass
         raise ParamsError(f"{path}: expected {_type_name(tp)}, got {value!r}")
@@ -229,9 +236,9 @@ def _convert(value, tp, path: str, meta: dict):
     low, high = meta.get("min"), meta.get("max")
     if low is not None and (value < low or (meta.get("exclusive_min") and value == low)):
         bound = f"> {low}" if meta.get("exclusive_min") else f">= {low}"
-        raise ParamsError(f"{path}: must be {bound}, got {value!r}")
+        raise _OutOfRange(f"{path}: must be {bound}, got {value!r}")
     if high is not None and value > high:
-        raise ParamsError(f"{path}: must be <= {high}, got {value!r}")
+        raise _OutOfRange(f"{path}: must be <= {high}, got {value!r}")
     return value
 
 
@@ -290,13 +297,26 @@ def parse(raw: dict) -> Params:
     return params
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where `1e-3` is a string; DVC (ruamel, YAML 1.2) reads it as a
+    number. Read it as a number too, so `lr: 1e-3` means the same to both."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
 def load(path: Path | str = PARAMS_FILE) -> Params:
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.load(Path(path).read_text(), Loader=_Loader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found (run from the project root)") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections (data, model, train, variants, "
+                          f"gradients, sweep), got {type(raw).__name__}")
     return parse(raw)
 
 

@@ -1,7 +1,10 @@
 """train stage: one variant -> its model, metrics, per-epoch history and gradient capture.
 
     python -m stages.train VGG_38          (dvc.yaml runs it as train@VGG_38)
-    torchrun --nproc_per_node 2 -m stages.train VGG_38
+    torchrun --standalone --nproc_per_node 2 -m stages.train VGG_38
+
+With `train.distributed: true` the plain command relaunches itself under torchrun, one process
+per GPU (PET_NPROC_PER_NODE=N picks N), so `dvc repro` / `dvc exp run` train with DDP too.
 
 Outputs, for variant V:
   models/V.pt                    best-validation weights + the resolved config
@@ -15,6 +18,7 @@ Outputs, for variant V:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +54,15 @@ def write_outputs(cfg: P.RunConfig, result: Result, source: str) -> dict:
     return metrics
 
 
+def relaunch_under_torchrun(variant: str) -> None:
+    """Become `torchrun --standalone --nproc_per_node N -m stages.train <variant>` (never returns).
+    N: torchrun's own PET_NPROC_PER_NODE if set, else `auto` (one per GPU; per CPU core without)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", os.environ.get("PET_NPROC_PER_NODE", "auto"), "-m", "stages.train", variant]
+    print(f"train: train.distributed is on: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    os.execv(sys.executable, cmd)
+
+
 @P.cli
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
@@ -57,13 +70,18 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     params = P.load()
     cfg = params.run(args.variant)
+    if cfg.train.distributed and "WORLD_SIZE" not in os.environ:
+        relaunch_under_torchrun(cfg.name)
     dataset = load_dataset(params.data)
     workdir = outputs(cfg.name)["workdir"]
     workdir.mkdir(parents=True, exist_ok=True)
     result = fit(cfg, dataset, workdir=workdir)
     import torch.distributed as dist
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return
+    if dist.is_initialized():  # under torchrun: the collectives are over; only rank 0 writes
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank != 0:
+            return
     metrics = write_outputs(cfg, result, dataset.source)
     (workdir / "checkpoint.pt").unlink(missing_ok=True)  # the run is complete: nothing to resume
     test = metrics["test"]

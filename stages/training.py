@@ -38,6 +38,8 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"train.device is {name!r} but CUDA is not available")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
 
 
@@ -53,10 +55,19 @@ class Dist:
 
 
 def init_distributed(cfg: RunConfig, device: torch.device) -> Dist:
+    """Join torchrun's process group. torchrun's environment decides: train.distributed only
+    makes the train stage launch itself under torchrun (stages/train.py); without torchrun a
+    process trains alone, as a sweep point does."""
     world = int(os.environ.get("WORLD_SIZE", 1))
-    if world == 1 and not cfg.train.distributed:
+    if world == 1:
         return Dist()
+    if cfg.train.batch_size < world:  # some ranks would get no images, every step
+        from stages.params import ParamsError
+        raise ParamsError(f"{cfg.name}: batch_size {cfg.train.batch_size} is smaller than the "
+                          f"{world} processes sharing each batch")
     import torch.distributed as dist
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's communicator uses the current device
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size())

@@ -70,7 +70,9 @@ def copy_project(dst: Path) -> Path:
 
 def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     """Run a command in the project copy; the copy's `stages` package wins over the installed one."""
-    env = {**os.environ, "PYTHONPATH": str(cwd), "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    # The venv's bin first: dvc runs each stage's `python -m stages...` through PATH.
+    env = {**os.environ, "PYTHONPATH": str(cwd), "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("LOCAL_RANK", None)
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:

@@ -1,0 +1,173 @@
+"""The DVC pipeline end to end: one repo, one `dvc repro`, then experiments that must rerun
+exactly the branch whose params changed, bad params that must stop before anything is
+deleted, and the metrics commands on the results.
+
+The tests share one git + DVC repo (a module fixture) and run in file order: each experiment
+starts from the workspace the previous one left. 8 filters keep VGG_38 cheap on a CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import DVC, PYTHON, copy_project, git_init, run, write_params
+
+PARAMS = {
+    "model": {"filters": 8},
+    "variants": {"VGG_08": {"depth": 8}, "VGG_38": {"depth": 38}},
+    "sweep": {"depths": [8], "fixes": ["none"], "epochs": 1},
+}
+VARIANTS = list(PARAMS["variants"])
+EVERY_STAGE = {"check", "fetch", "sweep@8-none", "plots",
+               *(f"{s}@{v}" for s in ("train", "gradients") for v in VARIANTS)}
+UP_TO_DATE = "Data and pipelines are up to date."
+
+
+class Repo:
+    def __init__(self, path: Path):
+        self.path = path
+        self.exps: dict[str, str] = {}  # what changed -> experiment name
+
+    def dvc(self, *args: str, check: bool = True):
+        proc = run([DVC, *args], cwd=self.path, check=check)
+        proc.output = proc.stdout + proc.stderr
+        return proc
+
+    def exp_run(self, setting: str, check: bool = True):
+        proc = self.dvc("exp", "run", "-S", setting, check=check)
+        if proc.returncode == 0:
+            self.exps[setting] = re.search(r"Ran experiment\(s\): (\S+)", proc.output).group(1)
+        return proc
+
+    def outputs(self) -> dict[str, str]:
+        """md5 of every file the pipeline writes or reads back, and of dvc.lock."""
+        files = [p for d in ("data", "models", "metrics", "plots") for p in (self.path / d).rglob("*")]
+        files += [self.path / "params.ok", self.path / "dvc.lock"]
+        return {str(p.relative_to(self.path)): hashlib.md5(p.read_bytes()).hexdigest()
+                for p in sorted(files) if p.is_file()}
+
+    def metrics(self, variant: str) -> dict:
+        return json.loads((self.path / "metrics" / f"{variant}.json").read_text())
+
+
+def ran(proc) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", proc.output))
+
+
+def skipped(proc) -> set[str]:
+    return set(re.findall(r"Stage '([^']+)' didn't change, skipping", proc.output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git repo with the project, tiny params, after one full `dvc repro` (committed)."""
+    path = copy_project(tmp_path_factory.mktemp("pipeline") / "project")
+    write_params(path, PARAMS)
+    git_init(path)
+    with pytest.MonkeyPatch.context() as mp:
+        # dvc.yaml's `python` must be this interpreter (the venv's), as in an activated venv.
+        mp.setenv("PATH", f"{Path(PYTHON).parent}:{__import__('os').environ['PATH']}")
+        r = Repo(path)
+        r.first_repro = r.dvc("repro")
+        run(["git", "add", "-A"], cwd=path)
+        run(["git", "commit", "-qm", "dvc repro"], cwd=path)
+        yield r
+
+
+@pytest.mark.slow
+def test_repro_runs_every_stage_then_nothing(repo):
+    assert ran(repo.first_repro) == EVERY_STAGE
+    for v in VARIANTS:
+        for out in (f"models/{v}.pt", f"metrics/{v}.json", f"plots/history/{v}.csv",
+                    f"plots/grad_capture/{v}.csv", f"plots/grad_flow/{v}.csv"):
+            assert (repo.path / out).is_file(), out
+    assert (repo.path / "plots" / "results.md").is_file()
+    assert repo.metrics("VGG_08")["status"] == repo.metrics("VGG_38")["status"] == "ok"
+
+    assert UP_TO_DATE in repo.dvc("status").output
+    again = repo.dvc("repro")
+    assert ran(again) == set() and "train@VGG_08" in skipped(again)
+
+
+@pytest.mark.slow
+def test_exp_on_one_variant_reruns_its_branch_only(repo):
+    vgg08 = (repo.path / "metrics" / "VGG_08.json").read_bytes()
+    proc = repo.exp_run("variants.VGG_38.depth=14")
+    assert ran(proc) == {"check", "train@VGG_38", "gradients@VGG_38", "plots"}
+    assert {"train@VGG_08", "gradients@VGG_08", "fetch", "sweep@8-none"} <= skipped(proc)
+    assert repo.metrics("VGG_38")["params"] < 10_000  # 13 convs of 8 filters, not 37
+    assert (repo.path / "metrics" / "VGG_08.json").read_bytes() == vgg08
+
+
+@pytest.mark.slow
+def test_exp_on_probe_size_reruns_no_training(repo):
+    proc = repo.exp_run("gradients.probe_size=20")
+    assert ran(proc) == {"check", "plots", *(f"gradients@{v}" for v in VARIANTS)}
+    assert not any(s.startswith("train@") for s in ran(proc))
+
+
+@pytest.mark.slow
+def test_exp_switching_a_fix_on_reruns_its_branch_only(repo):
+    # A switch the variant does not spell out in params.yaml is not in the file: DVC refuses
+    # to set it (`+key` adds it, `++key` adds or overrides) and runs nothing.
+    refused = repo.exp_run("variants.VGG_38.batch_norm=true", check=False)
+    assert refused.returncode != 0
+    assert "variants.VGG_38.batch_norm" in refused.output and ran(refused) == set()
+    before = repo.metrics("VGG_38")["params"]
+    proc = repo.exp_run("++variants.VGG_38.batch_norm=true")
+    assert ran(proc) == {"check", "train@VGG_38", "gradients@VGG_38", "plots"}
+    assert repo.metrics("VGG_38")["params"] > before  # BN's scale and shift
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting, key", [
+    ("train.epoch=3", "train.epoch"),             # DVC refuses a key the file lacks itself
+    ("+train.epoch=3", "train.epoch"),            # added anyway: the check stage refuses it
+    ("train.batch_size=0", "train.batch_size"),
+    ("variants.VGG_38.depth=39", "variants.VGG_38.depth"),
+    ("gradients.probe_size=-1", "gradients.probe_size"),
+])
+def test_bad_params_stop_before_anything_changes(repo, setting, key):
+    params = (repo.path / "params.yaml").read_text()
+    before = repo.outputs()
+    proc = repo.exp_run(setting, check=False)
+    (repo.path / "params.yaml").write_text(params)  # a failed exp leaves its params behind
+    assert proc.returncode != 0
+    assert key in proc.output
+    assert ran(proc) <= {"check"}  # stopped at the check, before any stage deleted its outputs
+    assert repo.outputs() == before
+
+
+@pytest.mark.slow
+def test_metrics_show_and_diff_between_experiments(repo):
+    shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
+    found = {}
+
+    def walk(node):  # exp show's JSON: baselines with their experiments nested
+        if isinstance(node, dict):
+            if node.get("name") in repo.exps.values() and isinstance(node.get("data"), dict):
+                found[node["name"]] = node["data"].get("metrics") or {}
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(shown)
+    assert set(found) == set(repo.exps.values())
+    for metrics in found.values():
+        assert {f"metrics/{v}.json" for v in VARIANTS} <= set(metrics)
+        assert not any(path.endswith(".gitignore") for path in metrics)  # only the metrics files
+        assert metrics["metrics/VGG_08.json"]["data"]["status"] == "ok"
+
+    depth, bn = repo.exps["variants.VGG_38.depth=14"], repo.exps["++variants.VGG_38.batch_norm=true"]
+    diff = json.loads(repo.dvc("metrics", "diff", depth, bn, "--json").stdout)
+    assert diff["metrics/VGG_38.json"]["params"]["new"] > diff["metrics/VGG_38.json"]["params"]["old"]
+    assert "metrics/VGG_08.json" not in diff  # not rerun: the very same file
+
+    assert UP_TO_DATE in repo.dvc("status").output  # after exps and failed exps alike

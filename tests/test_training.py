@@ -1,0 +1,348 @@
+"""The train stage end to end (outputs, determinism, resume after a kill, divergence) and the
+gradient statistics against a direct computation.
+
+The training runs share one small config: VGG_08 at 8 filters on 1,000 synthetic images,
+4 epochs, about a second an epoch on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import PYTHON, copy_project, run, stage, write_params
+from stages.capture import COLUMNS, GradientCapture
+from stages.data import Augment, Split
+from stages.gradients import probe
+from stages.model import VGG, probed_parameters
+from stages.params import ModelParams, Variant
+from stages.training import evaluate
+
+VARIANT = "VGG_08"
+DIVERGE = "VGG_08_DIVERGE"
+# Adam at lr 1e3 does not reliably blow up this 8-filter net (the loss reaches ~1e29 and
+# stays finite); at lr 1e6 the first epoch's loss is NaN.
+DIVERGE_LR = 1.0e6
+PARAMS = {
+    "data": {"synthetic_train_size": 1200},  # 1,000 train / 200 val / 200 test
+    "model": {"filters": 8},
+    "train": {"epochs": 4},
+    "variants": {VARIANT: {"depth": 8}, DIVERGE: {"depth": 8, "lr": DIVERGE_LR}},
+    "gradients": {"epochs": [0, 2, "last"], "probe_size": 50},
+}
+SNAPSHOTS = [0, 2, 4]
+TIMING_METRICS = ("seconds_per_epoch", "images_per_second")
+TIMING_COLUMNS = ("epoch_seconds",)
+METRIC_SPLITS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def outputs(project: Path, variant: str = VARIANT) -> dict[str, Path]:
+    return {"model": project / "models" / f"{variant}.pt",
+            "workdir": project / "models" / variant,
+            "metrics": project / "metrics" / f"{variant}.json",
+            "history": project / "plots" / "history" / f"{variant}.csv",
+            "capture": project / "plots" / "grad_capture" / f"{variant}.csv"}
+
+
+def new_copy(root: Path, name: str, data_from: Path | None = None, overrides: dict | None = None) -> Path:
+    """A project copy with PARAMS (+ overrides); data/ copied from another copy, or fetched."""
+    project = copy_project(root / name)
+    write_params(project, PARAMS if overrides is None else _merge(PARAMS, overrides))
+    if data_from is not None:
+        shutil.copytree(data_from / "data", project / "data")
+    else:
+        stage("fetch", cwd=project)
+    return project
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) and k != "variants" else v
+    return out
+
+
+def metrics_without_timing(project: Path, variant: str = VARIANT) -> dict:
+    m = json.loads(outputs(project, variant)["metrics"].read_text())
+    for key in TIMING_METRICS:
+        assert key in m
+        m.pop(key)
+    return m
+
+
+def tables(project: Path, variant: str = VARIANT) -> tuple[pd.DataFrame, pd.DataFrame]:
+    out = outputs(project, variant)
+    history = pd.read_csv(out["history"]).drop(columns=list(TIMING_COLUMNS))
+    return history, pd.read_csv(out["capture"])
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two projects' train outputs for VARIANT agree on everything but timing."""
+    assert metrics_without_timing(a) == metrics_without_timing(b)
+    for ta, tb in zip(tables(a), tables(b)):
+        pd.testing.assert_frame_equal(ta, tb, check_exact=True)
+    assert_same_weights(weights(outputs(a)["model"]), weights(outputs(b)["model"]))
+    for e in SNAPSHOTS:
+        snap = f"epoch_{e:03d}.pt"
+        assert_same_weights(weights(outputs(a)["workdir"] / snap), weights(outputs(b)["workdir"] / snap))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One project copy after fetch, train@VGG_08 and train@VGG_08_DIVERGE."""
+    project = new_copy(tmp_path_factory.mktemp("training"), "a")
+    stage("train", VARIANT, cwd=project)
+    return project
+
+
+# --- one run's outputs ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_train_writes_every_output(trained):
+    out = outputs(trained)
+    for path in out.values():
+        assert path.exists(), path
+    assert not (out["workdir"] / "checkpoint.pt").exists()  # a finished run leaves nothing to resume
+    assert sorted(p.name for p in out["workdir"].glob("epoch_*.pt")) == [f"epoch_{e:03d}.pt" for e in SNAPSHOTS]
+
+    m = json.loads(out["metrics"].read_text())
+    for key in ("final", "best"):
+        assert set(m[key]) == set(METRIC_SPLITS)
+        assert all(math.isfinite(m[key][k]) for k in METRIC_SPLITS)
+    assert set(m["test"]) == {"loss", "acc"}
+    assert m["status"] == "ok" and m["diverged_epoch"] is None
+    assert m["epochs"] == m["epochs_run"] == 4 and 1 <= m["best_epoch"] <= 4
+    assert m["data_source"] == "synthetic" and m["device"] == "cpu"
+    assert m["seconds_per_epoch"] > 0 and m["images_per_second"] > 0
+    ratio = m["grad_ratio_first_last_conv"]
+    assert set(ratio) == {"init", "final"} and all(ratio[k] > 0 for k in ratio)
+
+    # models/V.pt: the best-validation weights, loadable without pickle, into the model its
+    # resolved config describes; evaluated on test they give the metrics' test scores.
+    saved = torch.load(out["model"], weights_only=True)
+    config = saved["config"]
+    assert config["name"] == VARIANT and config["model"]["filters"] == 8 and config["train"]["epochs"] == 4
+    model = VGG(Variant(**config["variant"]), ModelParams(**config["model"]))
+    model.load_state_dict(saved["model"])
+    assert saved["best_epoch"] == m["best_epoch"]
+    snapshot = out["workdir"] / f"epoch_{m['best_epoch']:03d}.pt"
+    if snapshot.exists():  # best epoch is a snapshot epoch: the very same weights
+        assert_same_weights(saved["model"], weights(snapshot))
+    data = torch.load(trained / "data" / "dataset.pt", weights_only=True)
+    t = config["train"]
+    test = evaluate(model, Split(data["test_images"], data["test_labels"]),
+                    Augment(t["mean"], t["std"], 0, False, torch.device("cpu")), 500,
+                    torch.device("cpu"), False)
+    assert test["loss"] == pytest.approx(m["test"]["loss"], rel=1e-5)
+    assert test["acc"] == m["test"]["acc"]
+
+    # history: one row per epoch, final and best metrics taken from it
+    history = pd.read_csv(out["history"])
+    assert list(history.columns) == ["variant", "epoch", *METRIC_SPLITS, "lr", "epoch_seconds"]
+    assert history["epoch"].tolist() == [1, 2, 3, 4] and (history["variant"] == VARIANT).all()
+    last = history.iloc[-1]
+    best = history[history["epoch"] == m["best_epoch"]].iloc[0]
+    for k in METRIC_SPLITS:
+        assert m["final"][k] == pytest.approx(last[k], rel=1e-12)
+        assert m["best"][k] == pytest.approx(best[k], rel=1e-12)
+    assert best["val_acc"] == history["val_acc"].max()
+    assert history["lr"].iloc[0] == pytest.approx(1e-3)  # cosine annealing, stepped per epoch
+    assert history["lr"].is_monotonic_decreasing
+
+    # grad capture: long format, every probed layer at every sampled step
+    capture = pd.read_csv(out["capture"])
+    assert tuple(capture.columns) == COLUMNS == (
+        "variant", "epoch", "step", "layer_index", "layer", "mean_abs_grad", "grad_norm",
+        "max_abs_grad", "weight_norm", "update_ratio")
+    layers = [name for name, _ in probed_parameters(model)]
+    steps_per_epoch = 1000 // 100  # train images / batch size; auto samples every step here
+    assert sorted(capture["epoch"].unique()) == [1, 2, 3, 4]
+    assert len(capture) == 4 * steps_per_epoch * len(layers)
+    for (epoch, step), rows in capture.groupby(["epoch", "step"]):
+        assert rows["layer"].tolist() == layers and rows["layer_index"].tolist() == list(range(len(layers)))
+        assert (epoch - 1) * steps_per_epoch <= step < epoch * steps_per_epoch
+    assert capture[["mean_abs_grad", "grad_norm", "max_abs_grad", "weight_norm"]].gt(0).all().all()
+    assert (capture["mean_abs_grad"] <= capture["max_abs_grad"]).all()
+    assert (capture["variant"] == VARIANT).all()
+
+
+# --- the statistics themselves --------------------------------------------------------------
+
+def small_model(**switches) -> VGG:
+    torch.manual_seed(0)
+    return VGG(Variant(depth=8, **switches), ModelParams(filters=8))
+
+
+def test_capture_matches_direct_computation():
+    """GradientCapture's rows equal torch's own norms of the same gradients and weights, and
+    its update ratio is ||w_after - w_before|| / ||w_before|| of a real Adam step."""
+    model = small_model()
+    names, params = zip(*probed_parameters(model))
+    steps, every = 4, 2
+    capture = GradientCapture(list(names), list(params), every, steps)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    expected = []
+    for step in range(steps):
+        x, y = torch.randn(16, 3, 32, 32, generator=g), torch.randint(100, (16,), generator=g)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x)[0], y).backward()
+        sample = capture.wants(step)
+        if sample:
+            direct = [[p.grad.abs().mean().item(), p.grad.norm().item(), p.grad.abs().max().item(),
+                       p.norm().item()] for p in params]
+            before = [p.detach().clone() for p in params]
+            capture.before_step(10 + step)
+        optimizer.step()
+        if sample:
+            capture.after_step()
+            for d, p, b in zip(direct, params, before):
+                d.append(((p.detach() - b).norm() / b.norm()).item())
+            expected.append((10 + step, direct))
+    capture.end_epoch(3)
+
+    assert len(capture.rows) == 2 * len(params)  # steps 0 and 2 sampled
+    rows = iter(capture.rows)
+    for step, direct in expected:
+        for i, (name, stats) in enumerate(zip(names, direct)):
+            row = next(rows)
+            assert row[:4] == (3, step, i, name)
+            assert row[4:] == pytest.approx(stats, rel=1e-5)
+            assert row[-1] > 0  # Adam moved every probed tensor
+
+
+def test_probe_matches_direct_computation():
+    """stages.gradients.probe: the training loss's gradients on the probe batch, per layer,
+    plus each layer's output statistics, as computing them by hand gives."""
+    for switches, aux_weight in (({}, 0.0), ({"deep_supervision": True}, 0.3)):
+        model = small_model(**switches)
+        g = torch.Generator().manual_seed(2)
+        x, y = torch.randn(20, 3, 32, 32, generator=g), torch.randint(100, (20,), generator=g)
+
+        direct = copy.deepcopy(model).train()
+        logits, aux = direct(x)
+        assert len(aux) == (2 if aux else 0)
+        loss = F.cross_entropy(logits, y) + sum(aux_weight / len(aux) * F.cross_entropy(a, y) for a in aux)
+        loss.backward()
+        entry = direct.input_conv.conv_0(x)
+
+        rows = probe(model, x, y, include_bias=False, aux_weight=aux_weight)
+        probed = probed_parameters(direct)
+        assert [r[0] for r in rows] == [name for name, _ in probed]
+        for (name, stats, acts), (_, p) in zip(rows, probed):
+            want = [p.grad.abs().mean().item(), p.grad.norm().item(), p.grad.abs().max().item(), p.norm().item()]
+            assert stats == pytest.approx(want, rel=1e-4), name
+        acts = dict((r[0], r[2]) for r in rows)["input_conv_conv_0"]
+        assert acts == pytest.approx([entry.mean().item(), entry.std().item(),
+                                      (entry <= 0).float().mean().item()], rel=1e-4)
+
+
+# --- determinism and resume -----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_same_params_same_results(trained, tmp_path):
+    """A second run of the train stage with the same params and seed, in another copy,
+    reproduces every metric, table and weight (timing aside)."""
+    again = new_copy(tmp_path, "b", data_from=trained)
+    stage("train", VARIANT, cwd=again)
+    assert_same_run(trained, again)
+
+
+def stage_env(cwd: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(cwd), "PYTHONUNBUFFERED": "1"}
+    env.pop("LOCAL_RANK", None)
+    return env
+
+
+def checkpoint_epoch(path: Path) -> int:
+    try:
+        return torch.load(path, weights_only=True)["epoch"]
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(trained, tmp_path):
+    """SIGKILL the train stage after epoch 2, run it again: it resumes from the checkpoint and
+    ends with exactly what the uninterrupted run in `trained` wrote."""
+    project = new_copy(tmp_path, "killed", data_from=trained)
+    ckpt = outputs(project)["workdir"] / "checkpoint.pt"
+    proc = subprocess.Popen([PYTHON, "-m", "stages.train", VARIANT], cwd=project, env=stage_env(project),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while checkpoint_epoch(ckpt) < 2:
+            assert proc.poll() is None, f"train ended before the kill:\n{proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no checkpoint after 2 epochs in 120 s"
+            time.sleep(0.02)
+        proc.kill()  # SIGKILL: no handler, no cleanup
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_at = checkpoint_epoch(ckpt)
+    assert 2 <= killed_at < 4
+    assert not outputs(project)["metrics"].exists()
+    saved = ckpt.read_bytes()
+
+    resumed = stage("train", VARIANT, cwd=project)
+    assert f"resuming after epoch {killed_at}" in resumed.stderr
+    assert f"epoch {killed_at}/4" not in resumed.stderr and "epoch 4/4" in resumed.stderr
+    assert not ckpt.exists()
+    assert_same_run(trained, project)
+
+    # A checkpoint made with other params is not resumed: training starts from scratch.
+    ckpt.write_bytes(saved)
+    write_params(project, _merge(PARAMS, {"train": {"epochs": 2}}))
+    fresh = stage("train", VARIANT, cwd=project)
+    assert "made with other params" in fresh.stderr and "resuming after" not in fresh.stderr
+    assert "epoch 1/2" in fresh.stderr
+    assert pd.read_csv(outputs(project)["history"])["epoch"].tolist() == [1, 2]
+    assert not ckpt.exists()
+
+
+# --- divergence ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_diverged_variant_ends_cleanly(trained):
+    """Adam at lr 1e6 turns the loss into NaN in epoch 1: the stage says so, exits 0 with
+    status 'diverged', writes its tables, and the gradients stage still probes what is there."""
+    before = metrics_without_timing(trained)
+    proc = stage("train", DIVERGE, cwd=trained)
+    assert "stopping this variant" in proc.stderr
+    out = outputs(trained, DIVERGE)
+    m = json.loads(out["metrics"].read_text())
+    assert m["status"] == "diverged" and m["diverged_epoch"] == 1 and m["epochs_run"] == 0
+    json.loads(out["metrics"].read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
+    assert m["grad_ratio_first_last_conv"]["final"] is None
+    assert out["history"].is_file() and out["capture"].is_file() and out["model"].is_file()
+    assert not (out["workdir"] / "checkpoint.pt").exists()
+    capture = pd.read_csv(out["capture"])
+    assert not capture.empty and not capture["grad_norm"].map(math.isfinite).all()
+
+    grads = stage("gradients", DIVERGE, cwd=trained)
+    flow = pd.read_csv(trained / "plots" / "grad_flow" / f"{DIVERGE}.csv")
+    assert flow["epoch"].unique().tolist() == [0]  # only the initialisation snapshot exists
+    assert flow["mean_abs_grad"].map(math.isfinite).all()
+    assert "no snapshot" in grads.stderr
+    assert metrics_without_timing(trained) == before  # VGG_08's outputs untouched
