@@ -7,8 +7,10 @@ stand-in that tests, CI and offline runs use.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import urllib.error
+import urllib.request
 
 from stages import params as P
 from stages.data import (CIFAR100_FILENAME, CIFAR100_MD5, CIFAR100_URL, DATASET_FILE, MANIFEST_FILE,
@@ -60,8 +62,27 @@ def synthetic_source(data: P.DataParams) -> tuple[dict, dict]:
 SOURCES = {"cifar100": cifar100_source, "synthetic": synthetic_source}
 
 
+def cifar100_available(timeout: float = 10.0) -> bool:
+    """True when the archive lies in data/raw/ or its URL answers: the quick start's test of
+    whether to run on CIFAR-100 or fall back to the synthetic source."""
+    if (RAW_DIR / CIFAR100_FILENAME).is_file():
+        return True
+    try:
+        urllib.request.urlopen(urllib.request.Request(CIFAR100_URL, method="HEAD"), timeout=timeout).close()
+        return True
+    except (urllib.error.URLError, OSError) as e:
+        print(f"CIFAR-100 cannot be downloaded here ({getattr(e, 'reason', e)}): "
+              f"running the same experiment on the synthetic source", file=sys.stderr)
+        return False
+
+
 @P.cli
 def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.fetch", description=__doc__.splitlines()[0])
+    parser.add_argument("--available", action="store_true",
+                        help="only test whether CIFAR-100 is here or downloadable (exit 0) or not (exit 1)")
+    if parser.parse_args(argv).available:
+        raise SystemExit(0 if cifar100_available() else 1)
     data = P.load().data
     dataset, origin = SOURCES[data.source](data)
     torch_save(DATASET_FILE, dataset)
