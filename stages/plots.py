@@ -106,12 +106,16 @@ def load_reference_test() -> dict[str, dict]:
     return out
 
 
-def load_sweep() -> tuple[pd.DataFrame, list[dict]]:
-    """(one row per sweep point, the points' metrics)."""
+def load_sweep(sweep: P.SweepParams) -> tuple[pd.DataFrame, list[dict]]:
+    """(one row per sweep point, the points' metrics), for the points params.yaml asks for:
+    DVC leaves the files of points dropped from sweep.depths or sweep.fixes in place."""
     rows, metrics = [], []
-    for path in sorted(Path("metrics/sweep").glob("*.json")):
-        m = json.loads(path.read_text())
-        metrics.append(m)
+    for depth in sweep.depths:
+        for fix in sweep.fixes:
+            path = Path("metrics/sweep") / f"{depth}-{fix}.json"
+            if path.is_file():
+                metrics.append(json.loads(path.read_text()))
+    for m in metrics:
         final, ratio = m.get("final") or {}, m.get("grad_ratio_first_last_conv") or {}
         rows.append([m.get("depth"), m.get("fix"), final.get("train_loss"), final.get("val_acc"),
                      ratio.get("init"), ratio.get("final"), m.get("status")])
@@ -458,7 +462,7 @@ def main(argv: list[str]) -> None:
     runs = load_runs(names)
     colours = variant_colours(names)  # by params order, so a colour means the same variant everywhere
     reference = load_reference()
-    sweep, sweep_metrics = load_sweep()
+    sweep, sweep_metrics = load_sweep(params.sweep)
 
     written = [training_curves(runs, reference, colours), gradient_flow(runs, colours),
                gradient_heatmap(runs), activations(runs, colours), depth_sweep(sweep, sweep_metrics)]

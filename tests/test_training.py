@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PYTHON, copy_project, run, stage, write_params
+from conftest import PYTHON, copy_project, stage, write_params
 from stages.capture import COLUMNS, GradientCapture
 from stages.data import Augment, Split
 from stages.gradients import probe
