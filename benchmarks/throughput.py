@@ -1,19 +1,19 @@
 """Training throughput on the current device, against a reference-style loop (issue 4).
 
-    .venv/bin/python benchmarks/throughput.py              # ~2.5 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/throughput.py              # ~2.5 minutes on 2 quiet CPU cores
     .venv/bin/python benchmarks/throughput.py --seconds 2 --skip-dvc     # quicker
     .venv/bin/python benchmarks/throughput.py --seconds 10 --rounds 3    # steadier
+    .venv/bin/python benchmarks/throughput.py --train channels_last=true # time a proposal
 
 What it measures, all in one run so the ratios hold even when absolute speed drifts:
 
   ours       the project's real training loop: `stages.training.fit` on an in-memory
              `stages.data.Dataset` of synthetic CIFAR-shaped images (train.* settings from
-             params.yaml, one epoch, capture off). The figure is fit's own
-             `images_per_second`: the epoch's train time only (whole-set augmentation, the
-             steps, the end-of-epoch host sync), not the validation pass, model building or
-             the test pass, which run on 100-image splits so they cost little anyway.
-             The number of images is sized from a short calibration fit so that one
-             measurement takes about --seconds.
+             params.yaml, or --train overrides; one epoch; capture off, like the reference).
+             The figure is fit's own `images_per_second`: the epoch's train time only
+             (whole-set augmentation, the steps, the end-of-epoch host sync), not the
+             validation pass, model building or the test pass (100-image splits anyway).
+             A short calibration fit sizes the epoch to take about --seconds.
   reference  what the coursework framework does (pytorch_mlp_framework): a Dataset of
              HWC uint8 arrays turned into PIL images, RandomCrop(32, padding=4),
              RandomHorizontalFlip, ToTensor, Normalize in a shuffling DataLoader with
@@ -26,16 +26,21 @@ What it measures, all in one run so the ratios hold even when absolute speed dri
              and each side's figure pools its rounds, to cancel drift.
 
 Also: the device's matmul rate (2048^3 fp32 on CPU; 8192^3 bf16 on CUDA, the dtype training
-autocasts to) and the FLOP limit it puts on training, rate / (3 x forward FLOPs per image),
-with forward FLOPs counted from the model (conv and linear multiply-adds x 2, by hooks);
+autocasts to there) and the FLOP limit it puts on training, rate / (3 x forward FLOPs per
+image), forward FLOPs counted from the model (conv and linear multiply-adds x 2, by hooks);
 gradient capture on vs off at the default sampling of a full CIFAR-100 run (every_n_steps
-auto over 475 steps = every 47 steps), measured on VGG_08 (the cheapest step, so the largest
-relative overhead) in on/off pairs ordered ABBA, over 47 steps each, plus an estimate for
-every model from timing the capture calls directly; peak memory per path (the process's
-peak RSS, reset between paths through /proc/self/clear_refs; the largest DataLoader worker
-separately; torch.cuda.max_memory_allocated on CUDA); and the time of a no-op `dvc repro` of
-the whole pipeline in a temporary copy of the project (tiny synthetic params) against a bare
-`dvc version`, median of 3 each.
+auto over 475 steps = every 47), on VGG_08 (the cheapest step, so the largest relative
+overhead), in on/off pairs ordered ABBA over epochs of whole sampling intervals, after an
+untimed epoch of the same size; an estimate of the same for every model from timing the
+capture calls alone; peak memory per path (the process's peak RSS, reset between paths
+through /proc/self/clear_refs; the largest DataLoader worker's, which counts pages shared with
+the main process; torch.cuda.max_memory_allocated on CUDA); and a no-op `dvc repro` of the
+whole pipeline in a temporary copy of the project (tiny synthetic params, 11 stages; the
+the real DAG, ~40 stages, with --dvc-full-dag) against a bare `dvc version`, median of 3 each.
+
+Every measurement records `other_load_cores`, the CPU other processes used meanwhile: on a
+2-core machine PyTorch's two threads wait on each other whenever one is descheduled, so even
+one busy core elsewhere can halve the figures; the table warns when that happened.
 
 Each model runs in its own subprocess so its memory peak is its own. Results go to
 benchmarks/results.json (atomically) and a short table to stdout.
@@ -64,6 +69,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import yaml  # noqa: E402
 
 from stages import params as P  # noqa: E402
 from stages.capture import GradientCapture  # noqa: E402
@@ -145,14 +151,15 @@ class OtherLoad:
         return t.user + t.system + t.children_user + t.children_system
 
 
-def config(name: str, device: str, every: int | None = None) -> P.RunConfig:
-    """params.yaml's settings for `name`, one epoch, on `device`; capture every `every` steps."""
-    params = P.load(ROOT / "params.yaml")
-    cfg = params.run(name)
+def config(name: str, device: str, every: int | None = None, overrides: list[str] = ()) -> P.RunConfig:
+    """params.yaml's settings for `name`, one epoch, on `device`, with `train` KEY=VALUE
+    overrides (to time a proposed setting); capture every `every` steps."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"].update({k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)})
+    raw["train"].update(epochs=1, device=device)
+    cfg = P.parse(raw).run(name)
     every = every or full_run_every(cfg)
-    return dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, epochs=1, device=device),
-        gradients=dataclasses.replace(cfg.gradients, every_n_steps=every))
+    return dataclasses.replace(cfg, gradients=dataclasses.replace(cfg.gradients, every_n_steps=every))
 
 
 def full_run_every(cfg: P.RunConfig) -> int:
@@ -292,7 +299,7 @@ def calibrate(cfg: P.RunConfig, images: Images, seconds: float, capture: bool = 
 
 def worker_model(args) -> dict:
     """ours vs reference for one model, alternating rounds; memory per path."""
-    cfg = config(args.worker, args.device)
+    cfg = config(args.worker, args.device, overrides=args.train)
     device = pick_device(cfg.train.device)
     images, batch = Images(), cfg.train.batch_size
     n = round_to(calibrate(cfg, images, args.seconds) * args.seconds, batch, 3 * batch)
@@ -322,10 +329,11 @@ def worker_model(args) -> dict:
 def worker_capture(args) -> dict:
     """Capture on vs off at default sampling, in ABBA pairs; each epoch spans whole sampling
     intervals (at least one), so the sampling density is the real run's."""
-    cfg = config(args.capture_model, args.device)
+    cfg = config(args.capture_model, args.device, overrides=args.train)
     images, batch, every = Images(), cfg.train.batch_size, cfg.gradients.every_n_steps
     rate = calibrate(cfg, images, args.seconds, capture=True)
     n = every * batch * max(1, round(rate * args.seconds / (every * batch)))
+    time_ours(cfg, images, n, capture=True)  # first touch of an epoch this size: untimed
     pairs = []
     for i in range(args.capture_pairs):
         order = (True, False) if i % 2 == 0 else (False, True)
@@ -333,14 +341,19 @@ def worker_capture(args) -> dict:
             rate = {on: time_ours(cfg, images, n, capture=on) for on in order}
         pairs.append({"on": rate[True], "off": rate[False], "overhead": rate[False] / rate[True] - 1,
                       "other_load_cores": load.cores})
+    overheads = [p["overhead"] for p in pairs]
+    # Run-to-run noise of fit() here is several percent, far above the capture's own cost:
+    # the standard error says how far the median can be trusted.
+    stderr = statistics.stdev(overheads) / math.sqrt(len(overheads)) if len(overheads) > 1 else None
     return {"model": cfg.name, "every_n_steps": every, "images_per_run": n, "pairs": pairs,
-            "overhead": statistics.median(p["overhead"] for p in pairs)}
+            "overhead": statistics.median(overheads), "overhead_stderr": stderr}
 
 
 def run_worker(kind: str, value: str, args) -> dict:
     cmd = [sys.executable, __file__, f"--{kind}", value, "--device", args.device,
            "--seconds", str(args.seconds), "--rounds", str(args.rounds),
            "--workers", str(args.workers), "--capture-pairs", str(args.capture_pairs)]
+    cmd += [f"--train={o}" for o in args.train]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -391,7 +404,7 @@ def forward_flops(cfg: P.RunConfig) -> int:
 
 # --- dvc ----------------------------------------------------------------------------------
 
-def dvc_noop(all_variants: bool, reps: int = 3) -> dict:
+def dvc_noop(full_dag: bool, reps: int = 3) -> dict:
     """Median wall time of a no-op `dvc repro` vs a bare `dvc version`, in a temporary copy
     of the project with tiny synthetic params, after one full `dvc repro`."""
     from tests.conftest import DVC, copy_project, default_params, git_init, write_params
@@ -401,7 +414,9 @@ def dvc_noop(all_variants: bool, reps: int = 3) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-dvc-") as tmp:
         project = copy_project(Path(tmp) / "project")
         env["PYTHONPATH"] = str(project)
-        overrides = {"variants": default_params()["variants"]} if all_variants else {}
+        real = default_params()  # the full DAG: every variant and sweep point, tiny data
+        overrides = {"variants": real["variants"],
+                     "sweep": {**real["sweep"], "epochs": 1}} if full_dag else {}
         write_params(project, overrides)
         git_init(project)
         whole = (project / "stages" / "plots.py").is_file()
@@ -443,12 +458,14 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--workers", type=int, default=REFERENCE_WORKERS,
                     help="reference DataLoader workers (the framework uses 4)")
+    ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a train.* param for our loop, e.g. channels_last=true")
     ap.add_argument("--capture-model", default="VGG_08")
-    ap.add_argument("--capture-pairs", type=int, default=2, help="on/off pairs, ABBA order")
+    ap.add_argument("--capture-pairs", type=int, default=3, help="on/off pairs, ABBA order")
     ap.add_argument("--skip-capture", action="store_true")
     ap.add_argument("--skip-dvc", action="store_true")
-    ap.add_argument("--dvc-all-variants", action="store_true",
-                    help="time dvc on every variant of params.yaml (a bigger DAG; slower first repro)")
+    ap.add_argument("--dvc-full-dag", action="store_true",
+                    help="time dvc on params.yaml's variants and sweep (~40 stages; minutes more)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--capture-worker", help=argparse.SUPPRESS)
@@ -471,7 +488,7 @@ def main() -> None:
 
     models = {}
     for name in args.models:
-        cfg = config(name, args.device)
+        cfg = config(name, args.device, overrides=args.train)
         flops = forward_flops(cfg)
         w = run_worker("worker", name, args)
         limit = mm["gflops"] * 1e9 / (3 * flops)
@@ -506,14 +523,14 @@ def main() -> None:
 
     dvc = None
     if not args.skip_dvc:
-        dvc = dvc_noop(args.dvc_all_variants)
+        dvc = dvc_noop(args.dvc_full_dag)
         print(f"dvc: no-op repro {dvc['repro_noop_median']:.2f}s vs version {dvc['version_median']:.2f}s "
               f"({dvc['stages']} stages)", flush=True)
 
     results = {
         "device": str(device), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "data": "synthetic (CIFAR-shaped)", "seconds_per_measurement": args.seconds,
-        "rounds": args.rounds, "reference_workers": args.workers,
+        "rounds": args.rounds, "reference_workers": args.workers, "train_overrides": args.train,
         "load_average": {"start": [round(x, 2) for x in load_before], "end": [round(x, 2) for x in os.getloadavg()]},
         "matmul": mm, "models": models, "capture": capture, "dvc": dvc,
         "total_seconds": round(time.perf_counter() - started, 1),
@@ -539,9 +556,10 @@ def print_table(r: dict, out: Path) -> None:
     if r["capture"]:
         c = r["capture"]
         est = ", ".join(f"{n} {100 * m['capture_overhead_estimate']:.2f}%" for n, m in r["models"].items())
-        print(f"gradient capture, every {c['every_n_steps']} steps, on vs off ({c['model']}, ABBA): "
-              f"{100 * c['overhead']:+.2f}% (goal <= {100 * c['goal']:.0f}%); estimated from the "
-              f"capture calls: {est}")
+        noise = f" +- {100 * c['overhead_stderr']:.1f}" if c["overhead_stderr"] is not None else ""
+        print(f"gradient capture, every {c['every_n_steps']} steps, on vs off ({c['model']}, "
+              f"{len(c['pairs'])} pairs ABBA): {100 * c['overhead']:+.2f}%{noise} (goal <= "
+              f"{100 * c['goal']:.0f}%); from timing the capture calls alone: {est}")
     if r["dvc"]:
         d = r["dvc"]
         print(f"dvc no-op repro ({d['targets']}, {d['stages']} stages): {d['repro_noop_median']:.2f}s vs "

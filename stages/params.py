@@ -66,7 +66,7 @@ class TrainParams:
     std: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
     eval_batch_size: int = field(default=1000, metadata=_check(1))
     compile: bool = False  # torch.compile the model
-    channels_last: Literal["auto", True, False] = "auto"  # auto: on CUDA only
+    channels_last: Literal["auto", True, False] = "auto"  # auto: on CUDA and CPU, not MPS
     distributed: bool = False  # the train stage relaunches itself under torchrun (DDP)
 
 

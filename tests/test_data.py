@@ -297,6 +297,7 @@ def test_augmentation_is_deterministic_for_a_generator_seed(images):
 
 def test_normalize_uses_the_mean_and_std(images):
     x = Augment(MEAN, STD, 0, False, CPU).normalize(images)
-    expected = (images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    expected = (images.float() / 255 - mean) / std
     assert x.dtype == torch.float32
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5)

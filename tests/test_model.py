@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.model import VGG, ConvBlock, count_layers, layer_name, probed_parameters
+from stages.model import VGG, count_layers, layer_name, probed_parameters
 from stages.params import ModelParams, ParamsError, Variant
 from stages.training import loss_fn
 
@@ -43,7 +43,8 @@ def capture(model: nn.Module, module: nn.Module, x: torch.Tensor):
 
 # --- the reference architecture -------------------------------------------------------------
 
-@pytest.mark.parametrize("depth, convs, params, params_bn", [(8, 7, 59_716, 60_100), (38, 37, 336_196, 338_500)])
+@pytest.mark.parametrize("depth, convs, params, params_bn",
+                         [(8, 7, 59_716, 60_100), (38, 37, 336_196, 338_500)])
 def test_layer_and_parameter_counts(depth, convs, params, params_bn):
     plain, bn = build(depth=depth), build(depth=depth, batch_norm=True)
     assert count_layers(plain) == {"conv": convs, "linear": 1, "batch_norm": 1}

@@ -9,8 +9,6 @@ real `python -m stages.<stage>` processes, which adds the interpreter's own stde
 
 from __future__ import annotations
 
-import copy
-import os
 from pathlib import Path
 
 import pytest
