@@ -64,7 +64,7 @@ class TrainParams:
     flip: bool = True
     mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
     std: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
-    eval_batch_size: int = field(default=1000, metadata=_check(1))
+    eval_batch_size: int = field(default=100, metadata=_check(1))
     compile: bool = False  # torch.compile the model
     channels_last: Literal["auto", True, False] = "auto"  # auto: on CUDA and CPU, not MPS
     distributed: bool = False  # the train stage relaunches itself under torchrun (DDP)
