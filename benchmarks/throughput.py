@@ -7,8 +7,8 @@
 
 What it measures, all in one run so the ratios hold even when absolute speed drifts:
 
-  ours       the project's real training loop: `stages.training.fit` on an in-memory
-             `stages.data.Dataset` of synthetic CIFAR-shaped images (train.* settings from
+  ours       the project's real training loop: `gradflow.training.fit` on an in-memory
+             `gradflow.data.Dataset` of synthetic CIFAR-shaped images (train.* settings from
              params.yaml, or --train overrides; one epoch; capture off, like the reference).
              The figure is fit's own `images_per_second`: the epoch's train time only
              (whole-set augmentation, the steps, the end-of-epoch host sync), not the
@@ -19,7 +19,7 @@ What it measures, all in one run so the ratios hold even when absolute speed dri
              RandomHorizontalFlip, ToTensor, Normalize in a shuffling DataLoader with
              num_workers=4 (the framework's value), and per step x.float().to(device),
              loss.cpu().data.numpy() and np.mean(list(predicted.eq(y).cpu())) for accuracy.
-             Same images, same model (stages.model.VGG), same Adam settings, fp32. It runs
+             Same images, same model (gradflow.model.VGG), same Adam settings, fp32. It runs
              for about --seconds after two untimed batches (worker start-up, which the
              reference pays once per 475-step epoch, would otherwise dominate a short run).
   ratio      ours / reference images/s; measurements alternate (ours, reference, ours, ...)
@@ -71,12 +71,12 @@ from PIL import Image  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
-from stages import params as P  # noqa: E402
-from stages.capture import GradientCapture  # noqa: E402
-from stages.data import Dataset, Split, synthetic  # noqa: E402
-from stages.files import write_json  # noqa: E402
-from stages.model import VGG, probed_parameters  # noqa: E402
-from stages.training import capture_every, fit, pick_device  # noqa: E402
+from gradflow import params as P  # noqa: E402
+from gradflow.capture import GradientCapture  # noqa: E402
+from gradflow.data import Dataset, Split, synthetic  # noqa: E402
+from gradflow.files import write_json  # noqa: E402
+from gradflow.model import VGG, probed_parameters  # noqa: E402
+from gradflow.training import capture_every, fit, pick_device  # noqa: E402
 
 MODELS = ("VGG_08", "VGG_38", "VGG_38_BN_RC")
 GOALS = {"VGG_08": 2.5, "VGG_38": 1.8}  # CPU: ours / reference at least this

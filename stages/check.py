@@ -16,13 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from stages import params as P
+from gradflow import params as P
 
 OUTPUT = Path("params.ok")
 
 
 def main(argv: list[str] | None = None) -> None:
-    # No torch here (P.cli and stages.files import it): the check runs first in every
+    # No torch here (P.cli and gradflow.files import it): the check runs first in every
     # `dvc exp run`, so it should take a fraction of a second.
     parser = argparse.ArgumentParser(prog="python -m stages.check", description=__doc__.splitlines()[0])
     parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     except P.ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    OUTPUT.write_text("params.yaml passed stages.params.load()\n")  # constant bytes
+    OUTPUT.write_text("params.yaml passed gradflow.params.load()\n")  # constant bytes
 
 
 if __name__ == "__main__":

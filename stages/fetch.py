@@ -12,10 +12,11 @@ import sys
 import urllib.error
 import urllib.request
 
-from stages import params as P
-from stages.data import (CIFAR100_FILENAME, CIFAR100_MD5, CIFAR100_URL, DATASET_FILE, MANIFEST_FILE,
+from gradflow import params as P
+from gradflow.cli import cli
+from gradflow.data import (CIFAR100_FILENAME, CIFAR100_MD5, CIFAR100_URL, DATASET_FILE, MANIFEST_FILE,
                          RAW_DIR, DataError, build_dataset, read_cifar100_archive, synthetic)
-from stages.files import md5sum, torch_save, write_json
+from gradflow.files import md5sum, torch_save, write_json
 
 
 def download_cifar100() -> None:
@@ -56,7 +57,7 @@ def synthetic_source(data: P.DataParams) -> tuple[dict, dict]:
     classes = [f"class_{i:02d}" for i in range(100)]
     dataset = build_dataset(train_x, train_y, test_x, test_y, classes,
                             seed=data.seed, val_size=data.val_size)
-    return dataset, {"generator": "stages.data.synthetic", "seed": data.seed}
+    return dataset, {"generator": "gradflow.data.synthetic", "seed": data.seed}
 
 
 SOURCES = {"cifar100": cifar100_source, "synthetic": synthetic_source}
@@ -76,7 +77,7 @@ def cifar100_available(timeout: float = 10.0) -> bool:
         return False
 
 
-@P.cli
+@cli
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.fetch", description=__doc__.splitlines()[0])
     parser.add_argument("--available", action="store_true",

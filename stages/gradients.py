@@ -20,49 +20,16 @@ from pathlib import Path
 
 import torch
 
-from stages import params as P
-from stages.capture import COLUMNS, grad_stats
-from stages.data import Augment, DataError, load_dataset
-from stages.files import write_csv
-from stages.model import VGG, probed_parameters
-from stages.training import loss_fn, pick_device
+from gradflow import params as P
+from gradflow.cli import cli
+from gradflow.data import Augment, load_dataset
+from gradflow.errors import DataError
+from gradflow.files import write_csv
+from gradflow.model import VGG
+from gradflow.probe import PROBE_COLUMNS, probe
+from gradflow.training import pick_device
 
-ACTIVATION_COLUMNS = ("act_mean", "act_std", "act_nonpos_frac")
-PROBE_COLUMNS = COLUMNS + ACTIVATION_COLUMNS
-
-
-def output(variant: str) -> Path:
-    return Path("plots/grad_flow") / f"{variant}.csv"
-
-
-def probe(model: VGG, x: torch.Tensor, y: torch.Tensor, include_bias: bool, aux_weight: float):
-    """Per probed layer: (name, [mean|g|, ||g||, max|g|, ||w||], [act mean, std, nonpos frac])."""
-    probed = probed_parameters(model, include_bias)
-    owners = {name.rsplit(".", 1)[0] for name, p in model.named_parameters()}
-    outputs: dict[str, torch.Tensor] = {}
-    hooks = [module.register_forward_hook(
-        lambda m, inp, out, key=key.replace(".", "_"): outputs.__setitem__(key, out.detach().float()))
-        for key, module in model.named_modules() if key in owners]
-    model.train()  # batch statistics in BN, auxiliary heads on: what training sees
-    model.zero_grad(set_to_none=True)
-    try:
-        logits, aux = model(x)
-        loss, _ = loss_fn(logits, aux, y, aux_weight, len(y))
-        loss.backward()
-    finally:
-        for h in hooks:
-            h.remove()
-    stats = grad_stats([p for _, p in probed]).cpu().tolist()
-    rows = []
-    for (name, _), s in zip(probed, stats):
-        out = outputs.get(name.removesuffix("_bias"))
-        acts = ([out.mean().item(), out.std().item(), (out <= 0).float().mean().item()]
-                if out is not None else [math.nan] * 3)
-        rows.append((name, s, acts))
-    return rows
-
-
-@P.cli
+@cli
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.gradients")
     parser.add_argument("variant")

@@ -13,17 +13,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from stages import params as P
-from stages.data import load_dataset
-from stages.files import write_json
-from stages.training import fit
+from gradflow import params as P
+from gradflow.cli import cli
+from gradflow.data import load_dataset
+from gradflow.files import write_json
+from gradflow.training import fit
 
 
 def output(depth: int, fix: str) -> Path:
     return Path("metrics/sweep") / f"{depth}-{fix}.json"
 
 
-@P.cli
+@cli
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.sweep")
     parser.add_argument("depth", type=int)

@@ -22,11 +22,12 @@ import os
 import sys
 from pathlib import Path
 
-from stages import params as P
-from stages.capture import COLUMNS
-from stages.data import load_dataset
-from stages.files import torch_save, write_csv, write_json
-from stages.training import Result, fit
+from gradflow import params as P
+from gradflow.cli import cli
+from gradflow.capture import COLUMNS
+from gradflow.data import load_dataset
+from gradflow.files import torch_save, write_csv, write_json
+from gradflow.training import Result, fit
 
 HISTORY_COLUMNS = ("variant", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                    "epoch_seconds")
@@ -63,7 +64,7 @@ def relaunch_under_torchrun(variant: str) -> None:
     os.execv(sys.executable, cmd)
 
 
-@P.cli
+@cli
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="a name under `variants` in params.yaml")

@@ -31,7 +31,7 @@ TINY = {
 }
 
 # What a copy of the project needs (the files git would check out).
-PROJECT_FILES = ["stages", "reference", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore",
+PROJECT_FILES = ["stages", "gradflow", "reference", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore",
                  ".dvc/config", ".dvc/.gitignore", ".dvc/plots", ".gitignore"]
 
 

@@ -14,10 +14,10 @@ import torch
 import stages.fetch
 from cifar_archive import write_cifar100_archive
 from conftest import stage, write_params
-from stages.data import (CIFAR100_FILENAME, DataError, Augment, build_dataset, load_dataset,
+from gradflow.data import (CIFAR100_FILENAME, DataError, Augment, build_dataset, load_dataset,
                          read_cifar100_archive, synthetic)
-from stages.files import md5sum
-from stages.params import DataParams
+from gradflow.files import md5sum
+from gradflow.params import DataParams
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CPU = torch.device("cpu")

@@ -25,13 +25,13 @@ TORCHRUN = str(Path(PYTHON).with_name("torchrun"))
 NO_BN_TRAIN = '''
 import sys
 import torch
-import stages.training
-make_vgg = stages.training.VGG
+import gradflow.training
+make_vgg = gradflow.training.VGG
 def vgg_without_bn(*args, **kwargs):
     model = make_vgg(*args, **kwargs)
     model.input_conv.bn_0 = torch.nn.Identity()
     return model
-stages.training.VGG = vgg_without_bn
+gradflow.training.VGG = vgg_without_bn
 from stages.train import main
 main(sys.argv[1:])
 '''
@@ -149,8 +149,8 @@ def test_distributed_param_runs_the_train_stage_under_torchrun(fetched, single_t
 
 
 def test_more_ranks_than_images_per_batch_is_refused(monkeypatch):
-    from stages.params import ParamsError, parse
-    from stages.training import init_distributed
+    from gradflow.params import ParamsError, parse
+    from gradflow.training import init_distributed
 
     monkeypatch.setenv("WORLD_SIZE", "4")  # checked before any process group is joined
     cfg = parse({"train": {"batch_size": 2}, "variants": {"V": {"depth": 8}}}).run("V")

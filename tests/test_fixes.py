@@ -29,11 +29,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages.capture import grad_stats
-from stages.data import Augment, synthetic
-from stages.model import VGG, probed_parameters
-from stages.params import SWEEP_FIXES, ModelParams, Variant
-from stages.training import loss_fn
+from gradflow.capture import grad_stats
+from gradflow.data import Augment, synthetic
+from gradflow.model import VGG, probed_parameters
+from gradflow.params import SWEEP_FIXES, ModelParams, Variant
+from gradflow.training import loss_fn
 
 CHANCE = math.log(100)
 FIXES = [f for f in SWEEP_FIXES if f != "none"]  # bn, rc, bn_rc, he, dense, dsn

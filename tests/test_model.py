@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.model import VGG, count_layers, layer_name, probed_parameters
-from stages.params import ModelParams, ParamsError, Variant
-from stages.training import loss_fn
+from gradflow.model import VGG, count_layers, layer_name, probed_parameters
+from gradflow.params import ModelParams, ParamsError, Variant
+from gradflow.training import loss_fn
 
 WIDTH = 32
 

@@ -17,7 +17,7 @@ import yaml
 import stages.fetch
 import stages.train
 from conftest import TINY, default_params, merged, stage, write_params
-from stages.params import ParamsError, Params, load, parse
+from gradflow.params import ParamsError, Params, load, parse
 
 # Outputs that exist before the bad run; they must come out untouched.
 OUTPUTS = ["data/dataset.pt", "data/manifest.json", "models/VGG_08.pt", "models/VGG_08/checkpoint.pt",

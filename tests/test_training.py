@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import PYTHON, copy_project, stage, write_params
-from stages.capture import COLUMNS, GradientCapture
-from stages.data import Augment, Split
-from stages.gradients import probe
-from stages.model import VGG, probed_parameters
-from stages.params import ModelParams, Variant
-from stages.training import evaluate
+from gradflow.capture import COLUMNS, GradientCapture
+from gradflow.data import Augment, Split
+from gradflow.probe import probe
+from gradflow.model import VGG, probed_parameters
+from gradflow.params import ModelParams, Variant
+from gradflow.training import evaluate
 
 VARIANT = "VGG_08"
 DIVERGE = "VGG_08_DIVERGE"

@@ -1,7 +1,7 @@
 """params.yaml, parsed once into typed dataclasses.
 
 Every stage calls `load()` before doing any work. A wrong key, type or range raises
-`ParamsError` naming the key path; `cli()` turns it into one line on stderr and exit code 2,
+`ParamsError` naming the key path; `gradflow.cli` turns it into one line on stderr and exit code 2,
 so nothing is written or deleted when the params are bad.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,11 +18,11 @@ from typing import Literal, Optional, Union
 
 import yaml
 
+from gradflow.errors import ParamsError  # re-exported: stages and tests use P.ParamsError
+
 PARAMS_FILE = Path("params.yaml")
 
 
-class ParamsError(ValueError):
-    """A params.yaml value that cannot be used; the message starts with the key path."""
 
 
 class _OutOfRange(ParamsError):
@@ -318,17 +317,3 @@ def load(path: Path | str = PARAMS_FILE) -> Params:
         raise ParamsError(f"{path}: expected a mapping of sections (data, model, train, variants, "
                           f"gradients, sweep), got {type(raw).__name__}")
     return parse(raw)
-
-
-def cli(main):
-    """Run a stage's main(); a ParamsError or DataError becomes one line and exit code 2."""
-    from stages.data import DataError  # late import: data imports torch
-
-    def wrapped(argv=None):
-        try:
-            return main(sys.argv[1:] if argv is None else argv)
-        except (ParamsError, DataError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-    return wrapped

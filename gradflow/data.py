@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from stages.files import md5sum
-from stages.params import DataParams
+from gradflow.errors import DataError
+from gradflow.files import md5sum
+from gradflow.params import DataParams
 
 DATA_DIR = Path("data")
 DATASET_FILE = DATA_DIR / "dataset.pt"
@@ -33,8 +34,6 @@ CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 NUM_CLASSES = 100
 
 
-class DataError(RuntimeError):
-    """A data file or archive that cannot be used; the message says which and why."""
 
 
 # --- sources ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.params import ModelParams, Variant, depth_error
+from gradflow.params import ModelParams, Variant, depth_error
 
 NUM_CLASSES = 100
 

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stages.capture import GradientCapture, first_last_conv_ratio
-from stages.data import Augment, Dataset, Split
-from stages.files import torch_save
-from stages.model import VGG, probed_parameters
-from stages.params import RunConfig
+from gradflow.capture import GradientCapture, first_last_conv_ratio
+from gradflow.data import Augment, Dataset, Split
+from gradflow.files import torch_save
+from gradflow.model import VGG, probed_parameters
+from gradflow.params import RunConfig
 
 
 def pick_device(name: str) -> torch.device:
@@ -62,7 +62,7 @@ def init_distributed(cfg: RunConfig, device: torch.device) -> Dist:
     if world == 1:
         return Dist()
     if cfg.train.batch_size < world:  # some ranks would get no images, every step
-        from stages.params import ParamsError
+        from gradflow.params import ParamsError
         raise ParamsError(f"{cfg.name}: batch_size {cfg.train.batch_size} is smaller than the "
                           f"{world} processes sharing each batch")
     import torch.distributed as dist

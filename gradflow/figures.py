@@ -1,0 +1,388 @@
+"""The report's figures, from every variant's tables.
+
+The plots stage (stages/plots.py) reads, for each name under `variants` in params.yaml, metrics/V.json, plots/history/V.csv,
+plots/grad_capture/V.csv and plots/grad_flow/V.csv; the depth sweep's metrics/sweep/*.json;
+and the coursework's published curves in reference/. Writes:
+
+  plots/training_curves.png    Figure 1: loss and accuracy per epoch, reference dashed
+  plots/gradient_flow.png      Figure 2: mean |grad| per layer at each snapshot epoch
+  plots/gradient_heatmap.png   log10 mean |grad|, layer x epoch, from the training capture
+  plots/activations.png        activation std per layer at initialisation
+  plots/depth_sweep.png        final loss and first/last-conv gradient ratio vs depth
+  plots/sweep.csv              the sweep's points, one row per (depth, fix)
+  plots/results.md             every variant's metrics as a table, with links to the figures
+
+A variant without metrics/V.json (not trained yet) is skipped with a note on stderr; one that
+diverged is drawn with what it has. Nothing here trains or touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # files only: no display on CI or a GPU box
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from gradflow import params as P  # noqa: E402
+from gradflow.files import atomic_write  # noqa: E402
+
+OUT = Path("plots")
+REFERENCE = Path("reference")
+REFERENCE_VARIANTS = ("VGG_08", "VGG_38")
+CHANCE_LOSS = math.log(100)  # cross-entropy of a uniform guess over CIFAR-100's classes
+SWEEP_COLUMNS = ["depth", "fix", "final_train_loss", "final_val_acc", "grad_ratio_init",
+                 "grad_ratio_final", "status"]
+FIGURES = {  # file -> what results.md calls it
+    "training_curves.png": "Figure 1: training curves",
+    "gradient_flow.png": "Figure 2: gradient flow per layer",
+    "gradient_heatmap.png": "Gradient heatmap (layer x epoch, training capture)",
+    "activations.png": "Activation std per layer at initialisation",
+    "depth_sweep.png": "Depth sweep",
+}
+
+
+# --- reading -----------------------------------------------------------------------------
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A table, or an empty frame where the file is missing (noted on stderr) or header-only."""
+    if not path.is_file():
+        print(f"plots: {path} is missing; drawing without it", file=sys.stderr)
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def load_runs(names: list[str]) -> dict[str, dict]:
+    """variant -> {metrics, history, capture, flow}, in params order, for the variants that ran."""
+    runs = {}
+    for name in names:
+        metrics_path = Path("metrics") / f"{name}.json"
+        if not metrics_path.is_file():
+            print(f"plots: {name}: no {metrics_path} (not trained yet?); skipped", file=sys.stderr)
+            continue
+        runs[name] = {
+            "metrics": json.loads(metrics_path.read_text()),
+            "history": read_csv(OUT / "history" / f"{name}.csv"),
+            "capture": read_csv(OUT / "grad_capture" / f"{name}.csv"),
+            "flow": read_csv(OUT / "grad_flow" / f"{name}.csv"),
+        }
+    return runs
+
+
+def load_reference() -> dict[str, pd.DataFrame]:
+    """The coursework's shipped per-epoch curves, numbered from epoch 1 as shipped."""
+    ref = {}
+    for name in REFERENCE_VARIANTS:
+        path = REFERENCE / name / "summary.csv"
+        if not path.is_file():
+            print(f"plots: {path} is missing; no reference curve for {name}", file=sys.stderr)
+            continue
+        table = pd.read_csv(path)
+        table.insert(0, "epoch", np.arange(1, len(table) + 1))
+        ref[name] = table
+    return ref
+
+
+def load_reference_test() -> dict[str, dict]:
+    out = {}
+    for name in REFERENCE_VARIANTS:
+        path = REFERENCE / name / "test_summary.csv"
+        if path.is_file():
+            out[name] = pd.read_csv(path).iloc[-1].to_dict()
+    return out
+
+
+def load_sweep(sweep: P.SweepParams) -> tuple[pd.DataFrame, list[dict]]:
+    """(one row per sweep point, the points' metrics), for the points params.yaml asks for:
+    DVC leaves the files of points dropped from sweep.depths or sweep.fixes in place."""
+    rows, metrics = [], []
+    for depth in sweep.depths:
+        for fix in sweep.fixes:
+            path = Path("metrics/sweep") / f"{depth}-{fix}.json"
+            if path.is_file():
+                metrics.append(json.loads(path.read_text()))
+    for m in metrics:
+        final, ratio = m.get("final") or {}, m.get("grad_ratio_first_last_conv") or {}
+        rows.append([m.get("depth"), m.get("fix"), final.get("train_loss"), final.get("val_acc"),
+                     ratio.get("init"), ratio.get("final"), m.get("status")])
+    table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+    return table.sort_values(["fix", "depth"], kind="stable").reset_index(drop=True), metrics
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+def variant_colours(names: list[str]) -> dict[str, tuple]:
+    """One distinct colour per variant, the same in every figure (tab10 holds ten)."""
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def run_summary(metrics: list[dict]) -> str:
+    """'data: synthetic, epochs: 5, device: cpu', from the runs' metrics (every distinct value)."""
+    def distinct(key):
+        values = []
+        for m in metrics:
+            v = m.get(key)
+            if v not in values:
+                values.append(v)
+        return ", ".join(str(v) for v in values) or "n/a"
+    return f"data: {distinct('data_source')}, epochs: {distinct('epochs')}, device: {distinct('device')}"
+
+
+def positive(values) -> np.ndarray:
+    """Values for a log axis: zeros, negatives, NaN and inf become NaN (gaps, not warnings)."""
+    v = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, copy=True)
+    v[~np.isfinite(v) | (v <= 0)] = np.nan
+    return v
+
+
+def save(fig, name: str) -> Path:
+    path = OUT / name
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def empty_figure(name: str, title: str, message: str) -> Path:
+    """A valid figure that says why there is nothing to draw, so the stage never fails on it."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set_axis_off()
+    return save(fig, name)
+
+
+def layer_labels(table: pd.DataFrame) -> list[str]:
+    """Layer names in forward order (layer_index), one per index."""
+    return table.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist()
+
+
+def depth_positions(layers: list[str]) -> np.ndarray:
+    """x for comparing variants layer by layer: the k-th conv or linear layer sits at k, so every
+    variant spans 1..depth; a BN, dense-transition or auxiliary-head layer sits half a step
+    after the layer it follows. (Plain layer_index would stretch a BN net to twice its depth.)"""
+    x, k = [], 0
+    for name in layers:
+        if re.search(r"(conv_\d+|linear_layer)$", name) and not name.startswith("aux"):
+            k += 1
+            x.append(float(k))
+        else:
+            x.append(k + 0.5)
+    return np.array(x)
+
+
+def panel_grid(n: int, ncols: int, width: float, height: float):
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                             layout="constrained")  # room for long layer names and the titles
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    return fig, list(axes.flat[:n])
+
+
+# --- figures -----------------------------------------------------------------------------
+
+def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
+    """Figure 1: 2x2 panels of loss and accuracy; our variants solid, the reference dashed."""
+    if not runs and not reference:
+        return empty_figure("training_curves.png", "Training curves", "no variant has metrics yet")
+    summary = run_summary([r["metrics"] for r in runs.values()])
+    panels = [("train_loss", "training loss"), ("val_loss", "validation loss"),
+              ("train_acc", "training accuracy"), ("val_acc", "validation accuracy")]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), sharex=True, layout="constrained")
+    # Short runs next to the reference's 100 epochs would be a few pixels wide: show the
+    # reference over our epochs only, and say so.
+    our_epochs = max((r["metrics"].get("epochs") or 0 for r in runs.values()), default=0)
+    ref_epochs = max((len(t) for t in reference.values()), default=0)
+    clip = our_epochs if 0 < our_epochs < ref_epochs else None
+    last_epoch = clip or max(our_epochs, ref_epochs)
+    few = last_epoch <= 20  # markers, or a single epoch is invisible
+    for ax, (column, label) in zip(axes.flat, panels):
+        highest = 0.0
+        for name, run in runs.items():
+            h = run["history"]
+            if column in h and len(h):
+                ax.plot(h["epoch"], h[column], color=colours[name], lw=1.6,
+                        marker="o" if few else None, ms=3, label=name)
+                highest = max(highest, float(np.nanmax(pd.to_numeric(h[column], errors="coerce"))))
+        for name, ref in reference.items():
+            shown = ref[ref["epoch"] <= clip] if clip else ref
+            ax.plot(shown["epoch"], shown[column], ls="--", lw=1.4,
+                    color=colours.get(name, "black" if name == "VGG_08" else "grey"),
+                    marker="x" if few else None, ms=4, label=f"reference {name} (coursework)")
+        title = label
+        if column.endswith("loss"):
+            ax.axhline(CHANCE_LOSS, color="black", lw=0.7, ls=":")
+            if highest > 3 * CHANCE_LOSS:  # a run that blew up would flatten every other curve
+                ax.set_yscale("log")
+                title += " (log scale)"
+        ax.set_title(title)
+        ax.set_ylabel(label)
+        ax.set_xlim(0.5, last_epoch + 0.5)  # a little room at both ends for single points
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="black", lw=0.7, ls=":"))
+    labels.append("chance loss ln(100)")
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    note = f"; reference shown for its first {clip} epochs" if clip else ""
+    shipped = ", ".join(f"{name} {len(t)}" for name, t in reference.items())
+    fig.suptitle(f"Training curves per epoch ({summary}){note}\n"
+                 f"dashed: the coursework's published runs (CIFAR-100; epochs as shipped: "
+                 f"{shipped})", fontsize=10)
+    return save(fig, "training_curves.png")
+
+
+def gradient_flow(runs: dict, colours: dict) -> Path:
+    """Figure 2: mean |grad| per layer, one panel per variant (a line per snapshot epoch), and
+    one panel of every variant at initialisation."""
+    flows = {name: r["flow"] for name, r in runs.items() if not r["flow"].empty}
+    if not flows:
+        return empty_figure("gradient_flow.png", "Gradient flow",
+                            "no gradient probes yet (plots/grad_flow/ is empty)")
+    summary = run_summary([r["metrics"] for r in runs.values()])
+    # About 0.1 inch per layer name on the x axis, so a BN net's 75 names stay legible.
+    most_layers = max(f["layer_index"].nunique() for f in flows.values())
+    width = max(6.0, 1.0 + 0.1 * most_layers)
+    fig, axes = panel_grid(len(flows) + 1, 3 if width < 8 else 2, width, 4.8)
+    all_epochs = sorted({int(e) for f in flows.values() for e in f["epoch"].unique()})
+    epoch_colour = dict(zip(all_epochs, plt.get_cmap("viridis")(np.linspace(0, 0.85, len(all_epochs)))))
+    for ax, (name, flow) in zip(axes, flows.items()):
+        labels = layer_labels(flow)
+        for epoch, rows in flow.groupby("epoch"):
+            rows = rows.sort_values("layer_index")
+            ax.plot(rows["layer_index"], positive(rows["mean_abs_grad"]), marker="o", ms=2.5,
+                    lw=1.2, color=epoch_colour[int(epoch)],
+                    label="epoch 0 (init)" if epoch == 0 else f"epoch {int(epoch)}")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=90, fontsize=5 if len(labels) > 20 else 7)
+        ax.set_xlim(-0.7, len(labels) - 0.3)
+        ax.set_title(f"{name} ({runs[name]['metrics'].get('status', '?')})", fontsize=10,
+                     color=colours[name], fontweight="bold")
+        ax.set_ylabel("mean |grad| of the layer's weights")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    for name, flow in flows.items():
+        init = flow[flow["epoch"] == 0].sort_values("layer_index")
+        if not init.empty:
+            ax.plot(depth_positions(init["layer"].tolist()), positive(init["mean_abs_grad"]),
+                    marker="o", ms=2, lw=1.2, color=colours[name], label=name)
+    ax.set_yscale("log")
+    ax.set_title("every variant at initialisation (epoch 0)", fontsize=10, fontweight="bold")
+    ax.set_xlabel("layer depth (k-th conv/linear; BN, transition, aux layers at +0.5)")
+    ax.set_ylabel("mean |grad| of the layer's weights")
+    ax.grid(alpha=0.3)
+    # Below the panel, not beside it: a legend on the side would widen its whole column.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3)
+    fig.suptitle(f"Gradient flow on a fixed probe batch ({summary})", fontsize=12)
+    return save(fig, "gradient_flow.png")
+
+
+def gradient_heatmap(runs: dict) -> Path:
+    """log10 mean |grad|, layers down, epochs across; each epoch is the mean of its samples.
+    One colour scale for every panel, so the variants compare at a glance."""
+    grids = {}
+    for name, run in runs.items():
+        cap = run["capture"]
+        if cap.empty:
+            continue
+        cap = cap.assign(mean_abs_grad=positive(cap["mean_abs_grad"]))
+        grid = cap.pivot_table(index="layer_index", columns="epoch", values="mean_abs_grad",
+                               aggfunc="mean", dropna=False)
+        grids[name] = (np.log10(grid), layer_labels(cap))
+    if not grids:
+        return empty_figure("gradient_heatmap.png", "Gradient heatmap",
+                            "no training capture yet (plots/grad_capture/ is empty)")
+    summary = run_summary([r["metrics"] for r in runs.values()])
+    values = np.concatenate([g.to_numpy().ravel() for g, _ in grids.values()])
+    values = values[np.isfinite(values)]
+    vmin, vmax = (values.min(), values.max()) if values.size else (-1, 0)
+    most_layers = max(len(labels) for _, labels in grids.values())
+    fig, axes = panel_grid(len(grids), 4, 4.2, 1.4 + 0.09 * most_layers)
+    image = None
+    for ax, (name, (grid, labels)) in zip(axes, grids.items()):
+        epochs = grid.columns.to_numpy()
+        image = ax.imshow(grid.to_numpy(), aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
+                          interpolation="nearest",
+                          extent=(epochs.min() - 0.5, epochs.max() + 0.5, len(labels) - 0.5, -0.5))
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels(labels, fontsize=5 if len(labels) > 20 else 7)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_title(name, fontsize=10, fontweight="bold")
+    fig.colorbar(image, ax=axes, shrink=0.5, label="log10 mean |grad| (mean of the epoch's samples)")
+    fig.suptitle(f"Gradients during training, layer by layer ({summary})", fontsize=12)
+    return save(fig, "gradient_heatmap.png")
+
+
+def activations(runs: dict, colours: dict) -> Path:
+    """The signal each layer passes on at initialisation: it shrinks ~1/6 per plain conv."""
+    fig, ax = plt.subplots(figsize=(11, 5.5), layout="constrained")
+    drawn = 0
+    for name, run in runs.items():
+        flow = run["flow"]
+        if flow.empty or "act_std" not in flow:
+            continue
+        init = flow[flow["epoch"] == 0].sort_values("layer_index")
+        if init.empty:
+            continue
+        ax.plot(depth_positions(init["layer"].tolist()), positive(init["act_std"]), marker="o",
+                ms=2.5, lw=1.2, color=colours[name], label=name)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return empty_figure("activations.png", "Activations at initialisation",
+                            "no gradient probes at epoch 0 yet (plots/grad_flow/)")
+    summary = run_summary([r["metrics"] for r in runs.values()])
+    ax.set_yscale("log")
+    ax.set_xlabel("layer depth (k-th conv/linear; BN, transition, aux layers at +0.5)")
+    ax.set_ylabel("std of the layer's output on the probe batch")
+    ax.set_title(f"Activation std per layer at initialisation ({summary})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return save(fig, "activations.png")
+
+
+def depth_sweep(sweep: pd.DataFrame, metrics: list[dict]) -> Path:
+    if sweep.empty:
+        return empty_figure("depth_sweep.png", "Depth sweep",
+                            "no sweep results (metrics/sweep/ is empty): run the sweep stages")
+    fig, (loss_ax, ratio_ax) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    fix_colours = variant_colours(sorted(sweep["fix"].unique()))
+    for fix, rows in sweep.groupby("fix"):
+        rows = rows.sort_values("depth")
+        loss_ax.plot(rows["depth"], pd.to_numeric(rows["final_train_loss"]), marker="o",
+                     color=fix_colours[fix], label=fix)
+        ratio_ax.plot(rows["depth"], positive(rows["grad_ratio_init"]), marker="o",
+                      color=fix_colours[fix], label=fix)
+        for _, r in rows[rows["status"] != "ok"].iterrows():  # e.g. diverged: say so on the point
+            loss_ax.annotate(str(r["status"]), (r["depth"], CHANCE_LOSS), fontsize=7)
+    loss_ax.axhline(CHANCE_LOSS, color="black", ls=":", lw=1, label="chance, ln(100)")
+    loss_ax.set_ylabel("final training loss")
+    loss_ax.set_title("where training ends")
+    ratio_ax.set_yscale("log")
+    ratio_ax.set_ylabel("mean |grad| first conv / last conv")
+    ratio_ax.set_title("gradient ratio at initialisation (first sampled step)")
+    for ax in (loss_ax, ratio_ax):
+        ax.set_xticks(sorted(sweep["depth"].unique()))
+        ax.set_xlabel("depth (convs + linear)")
+        ax.grid(alpha=0.3)
+        ax.legend(title="fix", fontsize=8)
+    fig.suptitle(f"Depth sweep, {len(sweep)} runs ({run_summary(metrics)})", fontsize=11)
+    return save(fig, "depth_sweep.png")

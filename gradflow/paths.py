@@ -1,0 +1,65 @@
+"""Every file the pipeline reads or writes, in one place. dvc.yaml spells the same paths (a
+test holds the two together); stages and tests take them from here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+
+DATA = Path("data")
+RAW = DATA / "raw"                       # the CIFAR-100 archive, the user's or downloaded
+DATASET = DATA / "dataset.pt"            # fetch: uint8 images + labels, split
+MANIFEST = DATA / "manifest.json"        # fetch: the dataset's source and md5
+CONFIG = DATA / "config"                 # check: one resolved config per run
+
+
+def run_config(name: str) -> Path:
+    """The resolved config of a variant or a sweep point (`sweep-38-bn_rc`)."""
+    return CONFIG / f"{name}.json"
+
+
+def sweep_name(depth: int, fix: str) -> str:
+    return f"sweep-{depth}-{fix}"
+
+
+MODELS = Path("models")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+REFERENCE = Path("reference")
+
+
+def model(variant: str) -> Path:
+    return MODELS / f"{variant}.pt"      # best-validation weights + resolved config
+
+
+def workdir(variant: str) -> Path:
+    return MODELS / variant              # snapshots + resume checkpoint (persist)
+
+
+def snapshot(variant: str, epoch: int) -> Path:
+    return workdir(variant) / f"epoch_{epoch:03d}.pt"
+
+
+def checkpoint(variant: str) -> Path:
+    return workdir(variant) / "checkpoint.pt"
+
+
+def metrics(variant: str) -> Path:
+    return METRICS / f"{variant}.json"
+
+
+def sweep_metrics(depth: int, fix: str) -> Path:
+    return METRICS / "sweep" / f"{depth}-{fix}.json"
+
+
+def history(variant: str) -> Path:
+    return PLOTS / "history" / f"{variant}.csv"
+
+
+def grad_capture(variant: str) -> Path:
+    return PLOTS / "grad_capture" / f"{variant}.csv"
+
+
+def grad_flow(variant: str) -> Path:
+    return PLOTS / "grad_flow" / f"{variant}.csv"
