@@ -1,10 +1,13 @@
-"""Output files, written atomically: a temporary name in the same folder, then a rename, so a
-crash or a kill never leaves half a file where DVC or the next stage looks."""
+"""Output files, written atomically: a temporary file in `.tmp/` at the project root, then a
+rename over the output, so a crash or a kill never leaves half a file, nor a stray temporary
+one, where DVC or the next stage looks (a temp file inside an output directory would be
+committed with it, and one in plots/history/ would break `dvc plots show`)."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -13,11 +16,15 @@ from pathlib import Path
 import torch
 
 
+TMP = Path(".tmp")  # git- and dvc-ignored; outside every output
+
+
 def atomic_write(path: Path | str, write) -> None:
     """Call write(tmp_path), then rename tmp_path over path: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    TMP.mkdir(exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=TMP, prefix=f"{path.name}.", suffix=".tmp")
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -39,7 +46,12 @@ def write_json(path: Path | str, obj) -> None:
 
 
 def torch_save(path: Path | str, obj) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save, byte-stable: saved to a path, the archive records that (temporary) file's
+    name inside the zip, so equal tensors would give different bytes and DVC hashes; saved to a
+    buffer, the record name is always `archive`."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def md5sum(path: Path | str) -> str:

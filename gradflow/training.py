@@ -149,7 +149,7 @@ def loss_fn(logits: torch.Tensor, aux: list[torch.Tensor], labels: torch.Tensor,
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, split: Split, augment: Augment, batch_size: int,
-             device: torch.device, channels_last: bool) -> dict:
+             device: torch.device, channels_last: bool, precision: str = "fp32") -> dict:
     model.eval()
     loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -158,7 +158,7 @@ def evaluate(model: torch.nn.Module, split: Split, augment: Augment, batch_size:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = split.labels[start:start + batch_size]
-        with autocast(device):
+        with autocast(device, precision):
             logits, _ = model(x)
         loss += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
@@ -166,9 +166,15 @@ def evaluate(model: torch.nn.Module, split: Split, augment: Augment, batch_size:
     return {"loss": loss.item() / n, "acc": correct.item() / n}
 
 
-def autocast(device: torch.device):
-    # bf16 on CUDA (tensor cores, no loss scaling); full fp32 elsewhere for exact CPU runs.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def uses_bf16(device: torch.device, precision: str) -> bool:
+    """train.precision: auto is bf16 on CUDA (tensor cores, no loss scaling), fp32 elsewhere."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def autocast(device: torch.device, precision: str):
+    # Autocast runs convs and matmuls in bf16 and keeps the parameters, their gradients and the
+    # optimizer in fp32. bf16 has fp32's exponent range, so gradients of 1e-18 stay resolvable.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
 def capture_every(cfg: RunConfig, steps_per_epoch: int) -> int:
@@ -259,7 +265,7 @@ def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None,
             y = labels[lo + dist.rank:lo + batch:dist.world]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
+            with autocast(device, t.precision):
                 logits, aux = step_model(x)
             loss, main_sum = loss_fn(logits, aux, y, aux_weight, min(batch, n - lo) / dist.world)
             optimizer.zero_grad(set_to_none=True)
@@ -287,7 +293,7 @@ def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None,
             print(f"train: {cfg.name}: loss is {train_loss} in epoch {epoch}; stopping this variant",
                   file=sys.stderr)
             break
-        v = evaluate(model, val, augment, t.eval_batch_size, device, channels_last)
+        v = evaluate(model, val, augment, t.eval_batch_size, device, channels_last, t.precision)
         result.history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                                "val_loss": v["loss"], "val_acc": v["acc"], "lr": lr,
                                "epoch_seconds": time.perf_counter() - started})
@@ -315,6 +321,6 @@ def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None,
         final_state = {k: x.detach().clone() for k, x in model.state_dict().items()}
         model.load_state_dict(result.best_state)
         test = Split(dataset.test.images.to(device), dataset.test.labels.to(device))
-        result.test = evaluate(model, test, augment, t.eval_batch_size, device, channels_last)
+        result.test = evaluate(model, test, augment, t.eval_batch_size, device, channels_last, t.precision)
         model.load_state_dict(final_state)
     return result
