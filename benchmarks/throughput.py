@@ -36,7 +36,7 @@ capture calls alone; peak memory per path (the process's peak RSS, reset between
 through /proc/self/clear_refs; the largest DataLoader worker's, which counts pages shared with
 the main process; torch.cuda.max_memory_allocated on CUDA); and a no-op `dvc repro` of the
 whole pipeline in a temporary copy of the project (tiny synthetic params, 11 stages; the
-the real DAG, ~40 stages, with --dvc-full-dag) against a bare `dvc version`, median of 3 each.
+real DAG, ~40 stages, with --dvc-full-dag) against a bare `dvc version`, median of 3 each.
 
 Every measurement records `other_load_cores`, the CPU other processes used meanwhile: on a
 2-core machine PyTorch's two threads wait on each other whenever one is descheduled, so even
@@ -404,21 +404,60 @@ def forward_flops(cfg: P.RunConfig) -> int:
 
 # --- dvc ----------------------------------------------------------------------------------
 
+# A throwaway copy of the project with tiny synthetic params, as tests/conftest.py makes one;
+# copied here so the benchmark runs from the main install, which has no pytest.
+DVC = str(Path(sys.executable).with_name("dvc"))
+PROJECT_FILES = ["stages", "gradflow", "reference", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore",
+                 ".dvc/config", ".dvc/.gitignore", ".dvc/plots", ".gitignore"]
+TINY = {
+    "data": {"source": "synthetic", "synthetic_train_size": 600, "synthetic_test_size": 200,
+             "val_size": 200},
+    "train": {"epochs": 1, "eval_batch_size": 500, "device": "cpu"},
+    "variants": {"VGG_08": {"depth": 8}, "VGG_38": {"depth": 38}},
+    "gradients": {"probe_size": 50},
+    "sweep": {"depths": [8, 14], "fixes": ["none", "bn_rc"], "epochs": 1},
+}
+
+
+def tiny_project(dst: Path, overrides: dict) -> Path:
+    """Copy the project to dst and write params.yaml: params.yaml's, then TINY, then overrides
+    (section by section; `variants` replaced whole); then make it a git repo with one commit."""
+    import shutil
+
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for layer in (TINY, overrides):
+        for section, values in layer.items():
+            if isinstance(values, dict) and section != "variants" and isinstance(params.get(section), dict):
+                params[section].update(values)
+            else:
+                params[section] = values
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["init", "-q"], ["-c", "user.email=bench@example.com", "-c", "user.name=bench", "add", "-A"],
+                ["-c", "user.email=bench@example.com", "-c", "user.name=bench", "commit", "-qm", "init"]):
+        subprocess.run(["git", *cmd], cwd=dst, check=True, capture_output=True)
+    return dst
+
+
 def dvc_noop(full_dag: bool, reps: int = 3) -> dict:
     """Median wall time of a no-op `dvc repro` vs a bare `dvc version`, in a temporary copy
     of the project with tiny synthetic params, after one full `dvc repro`."""
-    from tests.conftest import DVC, copy_project, default_params, git_init, write_params
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("LOCAL_RANK", None)
     with tempfile.TemporaryDirectory(prefix="bench-dvc-") as tmp:
-        project = copy_project(Path(tmp) / "project")
-        env["PYTHONPATH"] = str(project)
-        real = default_params()  # the full DAG: every variant and sweep point, tiny data
+        real = yaml.safe_load((ROOT / "params.yaml").read_text())
+        # --dvc-full-dag: every variant and sweep point of params.yaml, tiny data
         overrides = {"variants": real["variants"],
                      "sweep": {**real["sweep"], "epochs": 1}} if full_dag else {}
-        write_params(project, overrides)
-        git_init(project)
+        project = tiny_project(Path(tmp) / "project", overrides)
+        env["PYTHONPATH"] = str(project)
         whole = (project / "stages" / "plots.py").is_file()
         # Until the plots stage exists, every stage but plots; the whole pipeline after.
         targets = [] if whole else ["fetch", "train", "gradients", "sweep"]
@@ -451,7 +490,8 @@ def dvc_noop(full_dag: bool, reps: int = 3) -> dict:
 # --- the report ---------------------------------------------------------------------------
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="benchmarks/throughput.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     ap.add_argument("--seconds", type=float, default=4.0, help="target seconds per measurement")
     ap.add_argument("--rounds", type=int, default=2, help="ours/reference rounds per model")

@@ -5,6 +5,9 @@ gradients stage (a fixed probe batch on saved snapshots), so their rows line up:
 
   mean_abs_grad  mean |g|           grad_norm  ||g||_2          max_abs_grad  max |g|
   weight_norm    ||w||_2            update_ratio  ||w_after - w_before|| / ||w_before||
+
+and each row's `depth`: the layer's position for comparing variants (gradflow.model.depth_positions:
+the k-th conv/linear layer at k, BN/transition/aux layers at +0.5), appended last.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import re
 
 import torch
 
+from gradflow.model import depth_positions
+
 STATS = ("mean_abs_grad", "grad_norm", "max_abs_grad", "weight_norm", "update_ratio")
-COLUMNS = ("variant", "epoch", "step", "layer_index", "layer") + STATS
+COLUMNS = ("variant", "epoch", "step", "layer_index", "layer") + STATS + ("depth",)
 
 
 def grad_stats(params: list[torch.Tensor], numel: torch.Tensor | None = None) -> torch.Tensor:
@@ -38,12 +43,13 @@ class GradientCapture:
 
     def __init__(self, names: list[str], params: list[torch.Tensor], every: int, steps_per_epoch: int):
         self.names, self.params, self.every = names, params, every
+        self.depths = depth_positions(names)
         slots = max(1, -(-steps_per_epoch // every))
         self.buffer = torch.full((slots, len(params), len(STATS)), math.nan, device=params[0].device)
         self.numel = torch.tensor([p.numel() for p in params], device=params[0].device, dtype=torch.float32)
         self.steps: list[int] = []
         self._before: list[torch.Tensor] | None = None
-        self.rows: list[tuple] = []  # (epoch, step, layer_index, layer, *stats) on the host
+        self.rows: list[tuple] = []  # (epoch, step, layer_index, layer, *stats, depth) on the host
 
     def wants(self, step_in_epoch: int) -> bool:
         return step_in_epoch % self.every == 0
@@ -68,7 +74,7 @@ class GradientCapture:
         host = self.buffer[: len(self.steps)].cpu().tolist()  # the epoch's only transfer
         for step, layers in zip(self.steps, host):
             for i, (name, stats) in enumerate(zip(self.names, layers)):
-                self.rows.append((epoch, step, i, name, *stats))
+                self.rows.append((epoch, step, i, name, *stats, self.depths[i]))
         self.steps = []
 
 

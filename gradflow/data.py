@@ -11,7 +11,6 @@ Training keeps the uint8 tensors on the device and augments whole batches with t
 
 from __future__ import annotations
 
-import json
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -19,14 +18,12 @@ from pathlib import Path
 
 import torch
 
+from gradflow import paths
 from gradflow.errors import DataError
-from gradflow.files import md5sum
-from gradflow.params import DataParams
+from gradflow.files import md5sum, read_json, require_keys, torch_load
+from gradflow.params import DataLimits
 
-DATA_DIR = Path("data")
-DATASET_FILE = DATA_DIR / "dataset.pt"
-MANIFEST_FILE = DATA_DIR / "manifest.json"
-RAW_DIR = DATA_DIR / "raw"
+DATASET_FILE, MANIFEST_FILE, RAW_DIR = paths.DATASET, paths.MANIFEST, paths.RAW
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_FILENAME = "cifar-100-python.tar.gz"
@@ -140,21 +137,19 @@ class Dataset:
         return {"md5": self.md5, "train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
-def load_dataset(data: DataParams, path: Path = DATASET_FILE, manifest: Path = MANIFEST_FILE) -> Dataset:
+def load_dataset(data: DataLimits, path: Path = DATASET_FILE, manifest: Path = MANIFEST_FILE) -> Dataset:
     """Load the fetch stage's file after checking it against its manifest."""
-    try:
-        info = json.loads(Path(manifest).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{manifest}: missing; run the fetch stage (dvc repro fetch)") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{manifest}: not valid JSON ({e})") from None
+    refetch = "rerun the fetch stage (dvc repro -f fetch)"
+    info = require_keys(manifest, read_json(manifest, refetch), ("source", "dataset_md5"), refetch)
     if not Path(path).is_file():
-        raise DataError(f"{path}: missing; run the fetch stage (dvc repro fetch)")
+        raise DataError(f"{path}: missing; {refetch}")
     actual = md5sum(path)
     if actual != info.get("dataset_md5"):
         raise DataError(f"{path}: md5 {actual} does not match {manifest} "
-                        f"({info.get('dataset_md5')}); rerun the fetch stage")
-    raw = torch.load(path, weights_only=True)
+                        f"({info.get('dataset_md5')}); {refetch}")
+    raw = require_keys(path, torch_load(path, refetch),
+                       [f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels")]
+                       + ["classes"], refetch)
     return Dataset(
         train=Split(raw["train_images"], raw["train_labels"]).head(data.train_limit),
         val=Split(raw["val_images"], raw["val_labels"]).head(data.eval_limit),

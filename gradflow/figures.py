@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -33,14 +32,18 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gradflow import params as P  # noqa: E402
-from gradflow.files import atomic_write  # noqa: E402
+from gradflow import paths  # noqa: E402
+from gradflow.files import atomic_write, read_json, torch_load  # noqa: E402
+from gradflow.model import depth_positions as _depth_positions  # noqa: E402
 
 OUT = Path("plots")
 REFERENCE = Path("reference")
 REFERENCE_VARIANTS = ("VGG_08", "VGG_38")
 CHANCE_LOSS = math.log(100)  # cross-entropy of a uniform guess over CIFAR-100's classes
-SWEEP_COLUMNS = ["depth", "fix", "final_train_loss", "final_val_acc", "grad_ratio_init",
-                 "grad_ratio_final", "status"]
+CHANCE_ACC = 0.01
+MAX_DEPTH_LABELS = 40  # per-layer names on a depth axis: at most this many, the rest thinned
+SWEEP_COLUMNS = ["depth", "fix", "verdict", "final_train_loss", "best_val_acc",
+                 "log10_grad_ratio_init", "log10_grad_ratio_final"]  # as in metrics/sweep/*.json
 FIGURES = {  # file -> what results.md calls it
     "training_curves.png": "Figure 1: training curves",
     "gradient_flow.png": "Figure 2: gradient flow per layer",
@@ -72,12 +75,24 @@ def load_runs(names: list[str]) -> dict[str, dict]:
             print(f"plots: {name}: no {metrics_path} (not trained yet?); skipped", file=sys.stderr)
             continue
         runs[name] = {
-            "metrics": json.loads(metrics_path.read_text()),
+            # the headline metrics, and what else describes the run (kept with its model)
+            "metrics": {**read_json(metrics_path, f"rerun its training (dvc repro -f train@{name})"),
+                        **run_details(name)},
             "history": read_csv(OUT / "history" / f"{name}.csv"),
             "capture": read_csv(OUT / "grad_capture" / f"{name}.csv"),
             "flow": read_csv(OUT / "grad_flow" / f"{name}.csv"),
         }
     return runs
+
+
+def run_details(name: str) -> dict:
+    """The `run` summary the train stage keeps in models/<name>.pt: status, data source,
+    epochs, best epoch, parameter count, precision, device."""
+    path = paths.model(name)
+    if not path.is_file():
+        print(f"plots: {path} is missing; drawing without its run details", file=sys.stderr)
+        return {}
+    return torch_load(path, f"rerun its training (dvc repro -f train@{name})").get("run") or {}
 
 
 def load_reference() -> dict[str, pd.DataFrame]:
@@ -111,11 +126,8 @@ def load_sweep(sweep: P.SweepParams) -> tuple[pd.DataFrame, list[dict]]:
         for fix in sweep.fixes:
             path = Path("metrics/sweep") / f"{depth}-{fix}.json"
             if path.is_file():
-                metrics.append(json.loads(path.read_text()))
-    for m in metrics:
-        final, ratio = m.get("final") or {}, m.get("grad_ratio_first_last_conv") or {}
-        rows.append([m.get("depth"), m.get("fix"), final.get("train_loss"), final.get("val_acc"),
-                     ratio.get("init"), ratio.get("final"), m.get("status")])
+                metrics.append(read_json(path, f"rerun that point (dvc repro -f sweep@{depth}-{fix})"))
+    rows = [[m.get(column) for column in SWEEP_COLUMNS] for m in metrics]
     table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
     return table.sort_values(["fix", "depth"], kind="stable").reset_index(drop=True), metrics
 
@@ -134,10 +146,18 @@ def run_summary(metrics: list[dict]) -> str:
         values = []
         for m in metrics:
             v = m.get(key)
-            if v not in values:
+            if v is not None and v not in values:
                 values.append(v)
         return ", ".join(str(v) for v in values) or "n/a"
     return f"data: {distinct('data_source')}, epochs: {distinct('epochs')}, device: {distinct('device')}"
+
+
+def last_history_epoch(history: pd.DataFrame) -> int:
+    """The last epoch a history table holds (0 when it is empty)."""
+    if history.empty or "epoch" not in history:
+        return 0
+    epochs = pd.to_numeric(history["epoch"], errors="coerce").dropna()
+    return int(epochs.max()) if len(epochs) else 0
 
 
 def positive(values) -> np.ndarray:
@@ -169,17 +189,43 @@ def layer_labels(table: pd.DataFrame) -> list[str]:
 
 
 def depth_positions(layers: list[str]) -> np.ndarray:
-    """x for comparing variants layer by layer: the k-th conv or linear layer sits at k, so every
+    """x for comparing variants layer by layer (gradflow.model.depth_positions, the `depth`
+    column of the probe and capture tables): the k-th conv or linear layer sits at k, so every
     variant spans 1..depth; a BN, dense-transition or auxiliary-head layer sits half a step
     after the layer it follows. (Plain layer_index would stretch a BN net to twice its depth.)"""
-    x, k = [], 0
-    for name in layers:
-        if re.search(r"(conv_\d+|linear_layer)$", name) and not name.startswith("aux"):
-            k += 1
-            x.append(float(k))
+    return np.array(_depth_positions(list(layers)), dtype=float)
+
+
+def depth_ticks(layers: list[str], max_labels: int = MAX_DEPTH_LABELS) -> tuple[list[float], list[str]]:
+    """(positions, names) for a depth axis: the conv and linear layers at their integer depth,
+    thinned to every n-th (first and last always kept) so that at most about `max_labels` names
+    share the axis. BN and other half-step layers get no label: they sit between two names."""
+    x = depth_positions(layers)
+    main = [(float(p), name) for p, name in zip(x, layers) if float(p).is_integer()]
+    if not main:
+        return [], []
+    step = max(1, -(-len(main) // max(1, max_labels)))
+    kept = main[::step]
+    if kept[-1] != main[-1]:
+        kept.append(main[-1])
+    return [p for p, _ in kept], [name for _, name in kept]
+
+
+def same_curves(curves: dict[str, tuple[list[str], np.ndarray]], rtol: float = 1e-5) -> list[list[str]]:
+    """Groups of variants whose curves are the same (same layers, values within rtol, NaN where
+    the other has NaN), in first-seen order: e.g. two variants that differ only in their
+    learning rate have one and the same network at initialisation."""
+    groups: list[list[str]] = []
+    for name, (layers, values) in curves.items():
+        for group in groups:
+            other_layers, other = curves[group[0]]
+            if (other_layers == layers and len(other) == len(values)
+                    and np.allclose(values, other, rtol=rtol, atol=0, equal_nan=True)):
+                group.append(name)
+                break
         else:
-            x.append(k + 0.5)
-    return np.array(x)
+            groups.append([name])
+    return groups
 
 
 def panel_grid(n: int, ncols: int, width: float, height: float):
@@ -204,18 +250,22 @@ def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), sharex=True, layout="constrained")
     # Short runs next to the reference's 100 epochs would be a few pixels wide: show the
     # reference over our epochs only, and say so.
-    our_epochs = max((r["metrics"].get("epochs") or 0 for r in runs.values()), default=0)
+    our_epochs = max((max(r["metrics"].get("epochs") or 0, last_history_epoch(r["history"]))
+                      for r in runs.values()), default=0)
     ref_epochs = max((len(t) for t in reference.values()), default=0)
     clip = our_epochs if 0 < our_epochs < ref_epochs else None
     last_epoch = clip or max(our_epochs, ref_epochs)
     few = last_epoch <= 20  # markers, or a single epoch is invisible
+    # The legend says which variants learn, from each run's own verdict (metrics/V.json).
+    labels_of = {name: f"{name}: {run['metrics']['verdict']}" if run["metrics"].get("verdict") else name
+                 for name, run in runs.items()}
     for ax, (column, label) in zip(axes.flat, panels):
         highest = 0.0
         for name, run in runs.items():
             h = run["history"]
             if column in h and len(h):
                 ax.plot(h["epoch"], h[column], color=colours[name], lw=1.6,
-                        marker="o" if few else None, ms=3, label=name)
+                        marker="o" if few else None, ms=3, label=labels_of[name])
                 highest = max(highest, float(np.nanmax(pd.to_numeric(h[column], errors="coerce"))))
         for name, ref in reference.items():
             shown = ref[ref["epoch"] <= clip] if clip else ref
@@ -223,6 +273,8 @@ def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
                     color=colours.get(name, "black" if name == "VGG_08" else "grey"),
                     marker="x" if few else None, ms=4, label=f"reference {name} (coursework)")
         title = label
+        if column.endswith("acc"):
+            ax.axhline(CHANCE_ACC, color="black", lw=0.7, ls=":")
         if column.endswith("loss"):
             ax.axhline(CHANCE_LOSS, color="black", lw=0.7, ls=":")
             if highest > 3 * CHANCE_LOSS:  # a run that blew up would flatten every other curve
@@ -237,7 +289,7 @@ def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
         ax.set_xlabel("epoch")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], color="black", lw=0.7, ls=":"))
-    labels.append("chance loss ln(100)")
+    labels.append("chance: loss ln(100), accuracy 0.01")
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
     note = f"; reference shown for its first {clip} epochs" if clip else ""
     shipped = ", ".join(f"{name} {len(t)}" for name, t in reference.items())
@@ -247,50 +299,73 @@ def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
     return save(fig, "training_curves.png")
 
 
+def flow_depth(flow: pd.DataFrame) -> np.ndarray:
+    """A probe table's depth column, or the same computed from its layer names (tables written
+    before the column existed)."""
+    if "depth" in flow and flow["depth"].notna().all():
+        return flow["depth"].to_numpy(dtype=float)
+    return depth_positions(flow["layer"].tolist())
+
+
 def gradient_flow(runs: dict, colours: dict) -> Path:
-    """Figure 2: mean |grad| per layer, one panel per variant (a line per snapshot epoch), and
-    one panel of every variant at initialisation."""
+    """Figure 2: mean |grad| per layer by depth, one panel per variant (a line per snapshot
+    epoch, coloured by epoch), and one panel of every variant at initialisation, where variants
+    with the same network at initialisation are one line that names them all."""
     flows = {name: r["flow"] for name, r in runs.items() if not r["flow"].empty}
     if not flows:
         return empty_figure("gradient_flow.png", "Gradient flow",
                             "no gradient probes yet (plots/grad_flow/ is empty)")
     summary = run_summary([r["metrics"] for r in runs.values()])
-    # About 0.1 inch per layer name on the x axis, so a BN net's 75 names stay legible.
-    most_layers = max(f["layer_index"].nunique() for f in flows.values())
-    width = max(6.0, 1.0 + 0.1 * most_layers)
-    fig, axes = panel_grid(len(flows) + 1, 3 if width < 8 else 2, width, 4.8)
+    # x is the depth (BN etc. at +0.5), so VGG_38 and VGG_38_BN line up; the conv/linear names
+    # label the integer depths: about 0.17 inch per name keeps them at a readable 7 pt.
+    deepest = max(float(np.nanmax(flow_depth(f))) for f in flows.values())
+    n_labels = min(deepest, MAX_DEPTH_LABELS)
+    width = max(6.0, 1.2 + 0.17 * n_labels)
+    fig, axes = panel_grid(len(flows) + 1, 3 if width < 8 else 2, width, 5.0)
     all_epochs = sorted({int(e) for f in flows.values() for e in f["epoch"].unique()})
     epoch_colour = dict(zip(all_epochs, plt.get_cmap("viridis")(np.linspace(0, 0.85, len(all_epochs)))))
+    depth_label = "layer depth (k-th conv/linear; BN, transition, aux layers at +0.5)"
     for ax, (name, flow) in zip(axes, flows.items()):
-        labels = layer_labels(flow)
+        flow = flow.sort_values(["epoch", "layer_index"])
         for epoch, rows in flow.groupby("epoch"):
-            rows = rows.sort_values("layer_index")
-            ax.plot(rows["layer_index"], positive(rows["mean_abs_grad"]), marker="o", ms=2.5,
-                    lw=1.2, color=epoch_colour[int(epoch)],
+            ax.plot(flow_depth(rows), positive(rows["mean_abs_grad"]), marker="o", ms=2.5,
+                    lw=1.3, color=epoch_colour[int(epoch)],
                     label="epoch 0 (init)" if epoch == 0 else f"epoch {int(epoch)}")
+        ticks, names = depth_ticks(layer_labels(flow))
         ax.set_yscale("log")
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=90, fontsize=5 if len(labels) > 20 else 7)
-        ax.set_xlim(-0.7, len(labels) - 0.3)
-        ax.set_title(f"{name} ({runs[name]['metrics'].get('status', '?')})", fontsize=10,
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(names, rotation=90, fontsize=7)
+        ax.set_xlim(0.3, deepest + 0.9)  # the same x range in every panel
+        ax.set_title(f"{name} ({runs[name]['metrics'].get('verdict', '?')})", fontsize=11,
                      color=colours[name], fontweight="bold")
         ax.set_ylabel("mean |grad| of the layer's weights")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8, title="snapshot", title_fontsize=8)
     ax = axes[-1]
+    curves = {}
     for name, flow in flows.items():
         init = flow[flow["epoch"] == 0].sort_values("layer_index")
         if not init.empty:
-            ax.plot(depth_positions(init["layer"].tolist()), positive(init["mean_abs_grad"]),
-                    marker="o", ms=2, lw=1.2, color=colours[name], label=name)
+            curves[name] = (init["layer"].tolist(), positive(init["mean_abs_grad"]))
+    markers = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "*"]
+    for i, group in enumerate(same_curves(curves)):
+        layers, values = curves[group[0]]
+        label = group[0] if len(group) == 1 else f"{' = '.join(group)} (same network at init)"
+        ax.plot(depth_positions(layers), values, marker=markers[i % len(markers)], ms=3.5, lw=1.3,
+                alpha=0.85, color=colours[group[0]], label=label,
+                # a second variant of the group shows in the markers' face colour
+                mfc=colours[group[1]] if len(group) > 1 else colours[group[0]])
     ax.set_yscale("log")
-    ax.set_title("every variant at initialisation (epoch 0)", fontsize=10, fontweight="bold")
-    ax.set_xlabel("layer depth (k-th conv/linear; BN, transition, aux layers at +0.5)")
+    ax.set_xlim(0.3, deepest + 0.9)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_title("every variant at initialisation (epoch 0)", fontsize=11, fontweight="bold")
     ax.set_ylabel("mean |grad| of the layer's weights")
     ax.grid(alpha=0.3)
+    for a in axes:
+        a.set_xlabel(depth_label, fontsize=9)
     # Below the panel, not beside it: a legend on the side would widen its whole column.
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3)
-    fig.suptitle(f"Gradient flow on a fixed probe batch ({summary})", fontsize=12)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2)
+    fig.suptitle(f"Gradient flow on a fixed probe batch, aligned by depth ({summary})", fontsize=12)
     return save(fig, "gradient_flow.png")
 
 
@@ -342,7 +417,7 @@ def activations(runs: dict, colours: dict) -> Path:
         init = flow[flow["epoch"] == 0].sort_values("layer_index")
         if init.empty:
             continue
-        ax.plot(depth_positions(init["layer"].tolist()), positive(init["act_std"]), marker="o",
+        ax.plot(flow_depth(init), positive(init["act_std"]), marker="o",
                 ms=2.5, lw=1.2, color=colours[name], label=name)
         drawn += 1
     if not drawn:
@@ -369,10 +444,10 @@ def depth_sweep(sweep: pd.DataFrame, metrics: list[dict]) -> Path:
         rows = rows.sort_values("depth")
         loss_ax.plot(rows["depth"], pd.to_numeric(rows["final_train_loss"]), marker="o",
                      color=fix_colours[fix], label=fix)
-        ratio_ax.plot(rows["depth"], positive(rows["grad_ratio_init"]), marker="o",
-                      color=fix_colours[fix], label=fix)
-        for _, r in rows[rows["status"] != "ok"].iterrows():  # e.g. diverged: say so on the point
-            loss_ax.annotate(str(r["status"]), (r["depth"], CHANCE_LOSS), fontsize=7)
+        ratio_ax.plot(rows["depth"], positive(10.0 ** pd.to_numeric(rows["log10_grad_ratio_init"])),
+                      marker="o", color=fix_colours[fix], label=fix)
+        for _, r in rows[rows["verdict"] == "diverged"].iterrows():  # say so on the point
+            loss_ax.annotate("diverged", (r["depth"], CHANCE_LOSS), fontsize=7)
     loss_ax.axhline(CHANCE_LOSS, color="black", ls=":", lw=1, label="chance, ln(100)")
     loss_ax.set_ylabel("final training loss")
     loss_ax.set_title("where training ends")

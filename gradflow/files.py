@@ -13,8 +13,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-
 
 TMP = Path(".tmp")  # git- and dvc-ignored; outside every output
 
@@ -49,6 +47,8 @@ def torch_save(path: Path | str, obj) -> None:
     """torch.save, byte-stable: saved to a path, the archive records that (temporary) file's
     name inside the zip, so equal tensors would give different bytes and DVC hashes; saved to a
     buffer, the record name is always `archive`."""
+    import torch  # here, not at the top: the check stage writes files without importing torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
@@ -69,3 +69,63 @@ def write_csv(path: Path | str, columns, rows) -> None:
             w.writerow(columns)
             w.writerows(rows)
     atomic_write(path, write)
+
+
+# --- checked reads -------------------------------------------------------------------------
+# Every file a stage reads comes through here. A missing, corrupt or foreign file is a
+# DataError naming the file and what to do (one line and exit 2, via gradflow.cli), never a
+# traceback from json, zipfile or pickle.
+
+def _why(e: BaseException) -> str:
+    """An exception as a short single line (torch's messages run to many lines)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # weights_only's advice is noise; its cause follows this
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    first = " ".join(text.split())
+    first = first.split(". ")[0].rstrip(".")  # miniz: "...central directory. This is an internal..."
+    first = first if len(first) <= 160 else first[:157] + "..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def read_json(path: Path | str, what_to_do: str, kind: type = dict):
+    """The JSON object (or `kind`) in path; DataError if it is missing, not JSON, or another kind."""
+    from gradflow.errors import DataError
+
+    try:
+        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; {what_to_do}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a readable JSON file ({_why(e)}); {what_to_do}") from None
+    if not isinstance(value, kind):
+        raise DataError(f"{path}: expected a JSON {'object' if kind is dict else kind.__name__}, "
+                        f"got {type(value).__name__}; {what_to_do}")
+    return value
+
+
+def torch_load(path: Path | str, what_to_do: str, map_location="cpu", kind: type = dict):
+    """torch.load(weights_only=True): tensors and plain containers only, nothing unpickled that
+    could run code. DataError if the file is missing, truncated, damaged or not a `kind`."""
+    import torch
+    from gradflow.errors import DataError
+
+    try:
+        value = torch.load(path, weights_only=True, map_location=map_location)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; {what_to_do}") from None
+    except Exception as e:  # damaged bytes make zipfile, pickle or torch raise almost anything
+        raise DataError(f"{path}: not a readable PyTorch file ({_why(e)}); {what_to_do}") from None
+    if not isinstance(value, kind):
+        raise DataError(f"{path}: expected a saved {kind.__name__}, got {type(value).__name__}; "
+                        f"{what_to_do}")
+    return value
+
+
+def require_keys(path: Path | str, value: dict, keys, what_to_do: str) -> dict:
+    """value, if it has every key; else a DataError naming the file and the first key missing."""
+    from gradflow.errors import DataError
+
+    for key in keys:
+        if key not in value:
+            raise DataError(f"{path}: has no {key!r}, so it is not the file expected here; {what_to_do}")
+    return value

@@ -20,6 +20,8 @@ layer `block_0_1_conv_0`.
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -150,6 +152,22 @@ def probed_parameters(model: nn.Module, include_bias: bool = False) -> list[tupl
     """The parameters whose gradients we measure, in forward order, named like the reference."""
     return [(layer_name(n), p) for n, p in model.named_parameters()
             if p.requires_grad and (include_bias or not n.endswith(".bias"))]
+
+
+def depth_positions(names: list[str]) -> list[float]:
+    """x for comparing variants layer by layer, from probed layer names in forward order: the
+    k-th conv or linear layer sits at k, so every variant spans 1..depth; a BN, dense-transition,
+    auxiliary-head or bias entry sits half a step after the layer it follows. (Plain layer_index
+    would stretch a BN net to twice its depth.) Used by the probe and capture tables (`depth`
+    column) and by the figures, so the DVC charts and the PNGs line up the same way."""
+    x, k = [], 0
+    for name in names:
+        if re.search(r"(conv_\d+|linear_layer)$", name) and not name.startswith("aux"):
+            k += 1
+            x.append(float(k))
+        else:
+            x.append(k + 0.5)
+    return x
 
 
 def count_layers(model: nn.Module) -> dict[str, int]:

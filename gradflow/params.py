@@ -8,6 +8,7 @@ so nothing is written or deleted when the params are bad.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import types
@@ -21,6 +22,8 @@ import yaml
 from gradflow.errors import ParamsError  # re-exported: stages and tests use P.ParamsError
 
 PARAMS_FILE = Path("params.yaml")
+SECTIONS = ("data", "model", "train", "variants", "gradients", "sweep")  # all required in the file
+CIFAR100_TRAIN_SIZE = 50_000  # data.val_size must stay below it
 
 
 
@@ -78,7 +81,7 @@ TRAIN_OVERRIDES = ("epochs", "batch_size", "lr", "weight_decay")
 
 @dataclass(frozen=True)
 class Variant:
-    depth: int = field(default=8, metadata=_check(2))
+    depth: int = field(metadata=_check(2))  # required: no default an empty variant could take
     batch_norm: bool = False
     residual: bool = False
     residual_reduction: bool = False
@@ -94,11 +97,23 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class GradientsParams:
+class CaptureParams:
+    """The `gradients` settings that training reads (the capture and the weight snapshots)."""
     every_n_steps: Union[Literal["auto"], int] = "auto"  # auto: about 10 samples per epoch
     epochs: tuple[Union[int, Literal["last"]], ...] = (0, 1, "last")  # weight snapshots
-    probe_size: int = field(default=500, metadata=_check(1))
     include_bias: bool = False
+
+
+@dataclass(frozen=True)
+class GradientsParams(CaptureParams):
+    probe_size: int = field(default=500, metadata=_check(1))  # read by the gradients stage only
+
+
+@dataclass(frozen=True)
+class DataLimits:
+    """The `data` settings that training reads: how much of the dataset file a run uses."""
+    train_limit: Optional[int] = field(default=None, metadata=_check(1))
+    eval_limit: Optional[int] = field(default=None, metadata=_check(1))
 
 
 @dataclass(frozen=True)
@@ -135,26 +150,55 @@ class Params:
                               f"(defined: {', '.join(self.variants)})")
         return RunConfig.build(variant, self.variants[variant], self)
 
+    def sweep_run(self, depth: int, fix: str) -> "RunConfig":
+        """A depth-sweep point: the plain design at `depth` with the fix's switches on, trained
+        for sweep.epochs with the shared settings."""
+        if fix not in SWEEP_FIXES:
+            raise ParamsError(f"sweep.fixes: unknown fix {fix!r} (known: {', '.join(SWEEP_FIXES)})")
+        depth_error(depth, self.model.stages, "sweep.depths")
+        run = RunConfig.build(f"{depth}-{fix}", Variant(depth=depth, **SWEEP_FIXES[fix]), self)
+        return dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=self.sweep.epochs))
+
+    def runs(self) -> dict[str, "RunConfig"]:
+        """Every training run the pipeline makes, by the name of its resolved-config file:
+        each variant (`VGG_38`) and each sweep point (`sweep-38-bn_rc`)."""
+        out = {name: self.run(name) for name in self.variants}
+        for depth in self.sweep.depths:
+            for fix in self.sweep.fixes:
+                out[f"sweep-{depth}-{fix}"] = self.sweep_run(depth, fix)
+        return out
+
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything one training run needs: a variant with its overrides resolved."""
+    """Everything one training run reads: a variant with its overrides resolved, and nothing
+    else. The check stage writes it to data/config/<name>.json; the train stage depends on that
+    file instead of on params sections, so a change reruns exactly the runs it changes (e.g.
+    train.lr does not retrain a variant that sets its own lr)."""
 
     name: str
     variant: Variant
     model: ModelParams
     train: TrainParams
-    gradients: GradientsParams
+    data: DataLimits
+    gradients: CaptureParams
 
     @classmethod
     def build(cls, name: str, variant: Variant, params: Params) -> "RunConfig":
         overrides = {k: getattr(variant, k) for k in TRAIN_OVERRIDES
                      if getattr(variant, k) is not None}
         train = dataclasses.replace(params.train, **overrides)
-        return cls(name, variant, params.model, train, params.gradients)
+        data = DataLimits(params.data.train_limit, params.data.eval_limit)
+        capture = CaptureParams(**{f.name: getattr(params.gradients, f.name)
+                                   for f in dataclasses.fields(CaptureParams)})
+        return cls(name, variant, params.model, train, data, capture)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Byte-stable: the same config gives the same bytes, so DVC sees no change."""
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
 
     def snapshot_epochs(self) -> list[int]:
         last = self.train.epochs
@@ -256,12 +300,18 @@ def _build(cls, raw, path: str):
             raise ParamsError(f"{path}.{key}: unknown key (known: {', '.join(known)})".lstrip("."))
     kwargs = {name: _convert(raw[name], hints[name], f"{path}.{name}".lstrip("."), f.metadata)
               for name, f in known.items() if name in raw}
+    for name, f in known.items():
+        if name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ParamsError(f"{path}.{name}: missing; it is required".lstrip(".")
+                              + (" (8 + 6k, e.g. 8, 14, 38)" if name == "depth" else ""))
     return cls(**kwargs)
 
 
 def _validate(p: Params) -> None:
     if not p.variants:
         raise ParamsError("variants: define at least one variant")
+    if "data" in p.variants:  # its resolved config would be data/config/data.json, fetch's
+        raise ParamsError("variants.data: the name 'data' is reserved; pick another name")
     for name, v in p.variants.items():
         depth_error(v.depth, p.model.stages, f"variants.{name}.depth")
         if v.residual_reduction and not v.residual:
@@ -281,8 +331,32 @@ def _validate(p: Params) -> None:
             p.train.device.startswith("cuda:") and p.train.device[5:].isdigit()):
         raise ParamsError(f"train.device: expected auto | cpu | cuda | cuda:N | mps, "
                           f"got {p.train.device!r}")
+    train_size = CIFAR100_TRAIN_SIZE if p.data.source == "cifar100" else p.data.synthetic_train_size
+    if p.data.val_size >= train_size:
+        where = ("CIFAR-100's training set" if p.data.source == "cifar100"
+                 else "the synthetic training set (data.synthetic_train_size)")
+        raise ParamsError(f"data.val_size: {p.data.val_size} must be smaller than {where}, "
+                          f"{train_size} images")
     if any(s <= 0 for s in p.train.std):
         raise ParamsError(f"train.std: every value must be > 0, got {list(p.train.std)}")
+
+
+def device_error(name: str) -> None:
+    """Raise unless this machine has train.device `name`. torch is imported only for a named
+    accelerator, so the check stage stays fast for auto and cpu."""
+    if name in ("auto", "cpu"):
+        return
+    import torch
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name[5:]) if name.startswith("cuda:") else 0
+        if index >= count:
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ParamsError(f"train.device: {name!r}, but this machine has {have}; "
+                              f"use auto or cpu (-S train.device=auto)")
+    elif name == "mps" and not torch.backends.mps.is_available():
+        raise ParamsError("train.device: 'mps', but MPS is not available on this machine; "
+                          "use auto or cpu (-S train.device=auto)")
 
 
 def depth_error(depth: int, stages: int, path: str) -> None:
@@ -309,6 +383,20 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               list("-+0123456789."))
 
 
+def load_resolved(path: Path | str, cls=None):
+    """A resolved config written by the check stage (a RunConfig, or `cls`, e.g. DataParams),
+    through the same typed loader."""
+    cls = cls or RunConfig
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: missing; run the check stage first (dvc repro check)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ParamsError(f"{path}: not a resolved config ({e}); rerun the check stage "
+                          f"(dvc repro check)") from None
+    return _build(cls, raw, str(path))
+
+
 def load(path: Path | str = PARAMS_FILE) -> Params:
     try:
         raw = yaml.load(Path(path).read_text(), Loader=_Loader)
@@ -316,7 +404,50 @@ def load(path: Path | str = PARAMS_FILE) -> Params:
         raise ParamsError(f"{path}: file not found (run from the project root)") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not a text file ({e.reason} at byte {e.start})") from None
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections (data, model, train, variants, "
                           f"gradients, sweep), got {type(raw).__name__}")
+    missing = [s for s in SECTIONS if s not in (raw or {})]
+    if missing:  # dvc.yaml declares them: DVC would stop on a missing one, after deleting outputs
+        raise ParamsError(f"{missing[0]}: section missing from {path} (every one of "
+                          f"{', '.join(SECTIONS)} is required; an empty one takes the defaults)")
+    _require_declared(raw, Path(path).with_name("dvc.yaml"), path)
     return parse(raw)
+
+
+def _require_declared(raw: dict, dvc_yaml: Path, path) -> None:
+    """Raise if a key a stage declares under `params:` in dvc.yaml is not in the file: DVC stops
+    on it only when it reaches that stage, after deleting outputs of the stages before."""
+    try:
+        stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return  # no readable dvc.yaml (a test's params file, a copy): nothing is declared
+    for stage_name, stage in stages.items():
+        if not isinstance(stage, dict):
+            continue
+        body = stage.get("do", stage)
+        keys = _foreach_keys(raw, stage.get("foreach"))
+        for entry in (body.get("params") or []) if isinstance(body, dict) else []:
+            if not isinstance(entry, str):
+                continue  # `params.yaml:` (the whole file) or another file's keys
+            names = ([entry.replace("${key}", k) for k in keys] if "${key}" in entry and keys
+                     else [] if "${" in entry else [entry])
+            for name in names:
+                node = raw
+                for part in name.split("."):
+                    if not isinstance(node, dict) or part not in node:
+                        raise ParamsError(f"{name}: missing from {path}, and dvc.yaml's stage "
+                                          f"{stage_name} declares it (add it; null takes the default)")
+                    node = node[part]
+
+
+def _foreach_keys(raw: dict, foreach) -> list[str]:
+    """The `${key}` values of a `foreach: ${section}` stage: the keys of that mapping."""
+    if not (isinstance(foreach, str) and foreach.startswith("${") and foreach.endswith("}")):
+        return []
+    node = raw
+    for part in foreach[2:-1].split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return [str(k) for k in node] if isinstance(node, dict) else []

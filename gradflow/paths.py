@@ -14,13 +14,14 @@ MANIFEST = DATA / "manifest.json"        # fetch: the dataset's source and md5
 CONFIG = DATA / "config"                 # check: one resolved config per run
 
 
+def data_config() -> Path:
+    """The resolved `data` section: what the fetch stage reads."""
+    return CONFIG / "data.json"
+
+
 def run_config(name: str) -> Path:
     """The resolved config of a variant or a sweep point (`sweep-38-bn_rc`)."""
     return CONFIG / f"{name}.json"
-
-
-def sweep_name(depth: int, fix: str) -> str:
-    return f"sweep-{depth}-{fix}"
 
 
 MODELS = Path("models")
@@ -63,3 +64,10 @@ def grad_capture(variant: str) -> Path:
 
 def grad_flow(variant: str) -> Path:
     return PLOTS / "grad_flow" / f"{variant}.csv"
+
+
+LIVE = Path("dvclive")                   # per-epoch progress and timings; not a DVC output
+
+
+def live(name: str) -> Path:
+    return LIVE / name

@@ -1,8 +1,9 @@
 """The gradients stage's measurement: saved weights -> per-layer gradients and activations on a
 fixed probe batch, forward and backward in training mode with the training loss.
 
-Rows come in the capture's long format (gradflow.capture.COLUMNS) plus each layer's output
-mean, std and fraction of non-positive values (its pre-activations: the activation comes after).
+Rows come in the capture's long format (gradflow.capture.COLUMNS, `depth` included) plus each
+layer's output mean, std and fraction of non-positive values (its pre-activations: the
+activation comes after).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""plots/results.md: every variant's scores as a table, the depth sweep, links to the figures."""
+"""plots/results.md: every variant's verdict and scores, the reference's verdicts beside them, a
+summary generated from both, the depth sweep, and links to the figures."""
 
 from __future__ import annotations
 
@@ -6,12 +7,18 @@ import math
 
 import pandas as pd
 
+from gradflow import params as P
 from gradflow.figures import FIGURES, run_summary
+from gradflow.verdict import RULE, VERDICTS, verdict
 
 
 def fmt(value, spec: str = ".4f") -> str:
+    """value in `spec`; a float of a million or more (a diverged loss: 1.7e+21, not 36 digits)
+    in three significant digits."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a" if value is None else str(value)
+    if isinstance(value, float) and abs(value) >= 1e6:
+        return format(value, ".3g")
     return format(value, spec)
 
 
@@ -22,46 +29,105 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(runs: dict, sweep: pd.DataFrame, reference_test: dict) -> str:
-    header = ["variant", "status", "data source", "device", "epochs", "best epoch",
-              "final train loss", "final train acc", "best val acc", "test acc", "test loss",
-              "params", "s/epoch", "grad ratio init", "grad ratio final"]
+def reference_verdicts(reference: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """The coursework's own runs judged by our rule, from their shipped per-epoch curves."""
+    out = {}
+    for name, table in reference.items():
+        if len(table):
+            out[name] = verdict(float(table["train_loss"].iloc[-1]), float(table["val_acc"].max()),
+                                diverged=False)
+    return out
+
+
+def expected_verdict(name: str, variant: P.Variant | None, reference: dict[str, str]) -> str:
+    """What the reference says this variant should do: its own run where it shipped one, and for
+    a fixed VGG_38 the coursework's conclusion that the fixes make it train."""
+    if name in reference:
+        return f"{reference[name]} (coursework run)"
+    if variant is not None and variant.depth > 8 and has_fix(variant):
+        return "learns (coursework's conclusion)"
+    return "–"
+
+
+def has_fix(v: P.Variant) -> bool:
+    return v.batch_norm or v.residual or v.dense or v.deep_supervision or v.init != "default"
+
+
+def ratio_text(log10_ratio) -> str:
+    return "n/a" if log10_ratio is None else f"{10.0 ** log10_ratio:.1e}"
+
+
+def story(runs: dict, expected: dict[str, str]) -> list[str]:
+    """The summary under the table: sentences generated from the verdicts and ratios only."""
+    lines = []
+    by_verdict: dict[str, list[str]] = {}
+    for name, run in runs.items():
+        by_verdict.setdefault(run["metrics"].get("verdict", "n/a"), []).append(name)
+    for word in VERDICTS:
+        if by_verdict.get(word):
+            lines.append(f"- **{word}**: {', '.join(by_verdict[word])}")
+    for name, run in runs.items():
+        m = run["metrics"]
+        if m.get("log10_grad_ratio_init") is not None:
+            lines.append(f"- {name}: at initialisation its first conv gets "
+                         f"{ratio_text(m['log10_grad_ratio_init'])} of its last conv's mean |grad| "
+                         f"({ratio_text(m.get('log10_grad_ratio_final'))} at the last sampled step); "
+                         f"verdict: {m.get('verdict', 'n/a')}")
+    agree = [n for n in runs if expected.get(n, "–") != "–"]
+    same = [n for n in agree if expected[n].split(" (")[0] == runs[n]["metrics"].get("verdict")]
+    if agree:
+        differ = [n for n in agree if n not in same]
+        lines.append(f"- Verdicts that match the reference's: {len(same)} of {len(agree)}"
+                     + (f" (differ: {', '.join(differ)})" if differ else ""))
+    return lines
+
+
+def results_markdown(runs: dict, sweep: pd.DataFrame, reference: dict[str, pd.DataFrame],
+                     reference_test: dict, variants: dict[str, P.Variant]) -> str:
+    ref_verdicts = reference_verdicts(reference)
+    expected = {name: expected_verdict(name, variants.get(name), ref_verdicts) for name in runs}
+    header = ["variant", "verdict", "reference", "final train loss", "best val acc", "test acc",
+              "test loss", "epochs", "best epoch", "params", "grad ratio at init", "at end"]
     rows = []
     for name, run in runs.items():
         m = run["metrics"]
-        final, best, test = m.get("final") or {}, m.get("best") or {}, m.get("test") or {}
-        ratio = m.get("grad_ratio_first_last_conv") or {}
         epochs = f"{m.get('epochs_run', '?')}/{m.get('epochs', '?')}"
-        status = m.get("status", "?")
+        verdict_text = m.get("verdict", "?")
         if m.get("diverged_epoch"):
-            status += f" (epoch {m['diverged_epoch']})"
-        rows.append([name, status, str(m.get("data_source")), str(m.get("device")), epochs,
-                     str(m.get("best_epoch")), fmt(final.get("train_loss")), fmt(final.get("train_acc")),
-                     fmt(best.get("val_acc")), fmt(test.get("acc")), fmt(test.get("loss")),
-                     fmt(m.get("params"), ",d"), fmt(m.get("seconds_per_epoch"), ".1f"),
-                     fmt(ratio.get("init"), ".2e"), fmt(ratio.get("final"), ".2e")])
+            verdict_text += f" (epoch {m['diverged_epoch']})"
+        rows.append([name, verdict_text, expected[name], fmt(m.get("final_train_loss")),
+                     fmt(m.get("best_val_acc"), ".3f"), fmt(m.get("test_acc"), ".3f"),
+                     fmt(m.get("test_loss")), epochs, str(m.get("best_epoch")),
+                     fmt(m.get("params"), ",d"), ratio_text(m.get("log10_grad_ratio_init")),
+                     ratio_text(m.get("log10_grad_ratio_final"))])
     summary = run_summary([r["metrics"] for r in runs.values()])
     parts = ["# Results", "",
              f"Every variant in params.yaml that has metrics ({summary}). Epochs are "
              "run/configured; the test scores use the best-validation weights; grad ratio is "
              "mean |grad| of the first conv over the last conv at the first and last sampled "
-             "training step.", "",
-             markdown_table(header, rows) if rows else "_No variant has metrics yet._", ""]
+             "training step. Timings are not here (they differ on every run): see dvclive/<variant>/.",
+             "", markdown_table(header, rows) if rows else "_No variant has metrics yet._", "",
+             f"Verdict rule (gradflow/verdict.py): {RULE}. The reference column judges the "
+             "coursework's shipped runs by the same rule; for the fixed variants it gives the "
+             "coursework's conclusion.", "", "## Summary", ""]
+    parts += story(runs, expected) or ["_Nothing to summarise yet._"]
+    parts += [""]
     if reference_test:
         parts += ["Reference (the coursework's shipped results, CIFAR-100, 100 epochs; "
                   "see reference/README.md):", "",
-                  markdown_table(["reference", "test acc", "test loss"],
-                                 [[f"reference {n} (coursework)", fmt(t.get("test_acc")),
-                                   fmt(t.get("test_loss"))] for n, t in reference_test.items()]), ""]
+                  markdown_table(["reference", "verdict", "test acc", "test loss"],
+                                 [[f"reference {n} (coursework)", ref_verdicts.get(n, "n/a"),
+                                   fmt(t.get("test_acc")), fmt(t.get("test_loss"))]
+                                  for n, t in reference_test.items()]), ""]
     parts += ["## Depth sweep", ""]
     if sweep.empty:
         parts += ["_No sweep results (metrics/sweep/ is empty)._", ""]
     else:
         parts += [markdown_table(
-            ["depth", "fix", "status", "final train loss", "final val acc", "grad ratio init",
-             "grad ratio final"],
-            [[str(r.depth), str(r.fix), str(r.status), fmt(r.final_train_loss), fmt(r.final_val_acc),
-              fmt(r.grad_ratio_init, ".2e"), fmt(r.grad_ratio_final, ".2e")]
+            ["depth", "fix", "verdict", "final train loss", "best val acc", "grad ratio at init",
+             "at end"],
+            [[str(r.depth), str(r.fix), str(r.verdict), fmt(r.final_train_loss), fmt(r.best_val_acc, ".3f"),
+              ratio_text(r.log10_grad_ratio_init), ratio_text(r.log10_grad_ratio_final)]
              for r in sweep.itertuples()]), ""]
     parts += ["## Figures", ""]
     parts += [f"- [{title}]({name})" for name, title in FIGURES.items()]

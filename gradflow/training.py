@@ -14,7 +14,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +26,11 @@ from tqdm import tqdm
 
 from gradflow.capture import GradientCapture, first_last_conv_ratio
 from gradflow.data import Augment, Dataset, Split
-from gradflow.files import torch_save
+from gradflow.errors import DataError
+from gradflow.files import require_keys, torch_load, torch_save
 from gradflow.model import VGG, probed_parameters
-from gradflow.params import RunConfig
+from gradflow.params import RunConfig, device_error
+from gradflow.verdict import verdict
 
 
 def pick_device(name: str) -> torch.device:
@@ -36,8 +40,7 @@ def pick_device(name: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available")
+    device_error(name)  # a device this machine lacks: the ParamsError the check stage gives
     if name == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
@@ -79,10 +82,24 @@ class Checkpoint:
     path: Path | None
     fingerprint: dict  # config + data identity; a checkpoint for other params is not resumed
 
-    def load(self) -> dict | None:
+    KEYS = ("fingerprint", "epoch", "model", "optimizer", "scheduler", "rng", "train_seconds",
+            "history", "best_epoch", "best_state", "capture_rows")
+
+    def load(self, set_aside: bool = True) -> dict | None:
+        """The saved state, or None: no checkpoint, one for other params or data (ignored), or
+        one that cannot be read (truncated, damaged, empty, foreign). That one is renamed to
+        checkpoint.pt.corrupt (by rank 0: `set_aside`) so the next run does not trip on it."""
         if self.path is None or not self.path.is_file():
             return None
-        state = torch.load(self.path, weights_only=True, map_location="cpu")
+        aside = self.path.with_name(self.path.name + ".corrupt")
+        try:
+            state = require_keys(self.path, torch_load(self.path, "", map_location="cpu"), self.KEYS, "")
+        except DataError as e:
+            if set_aside:
+                with writing(self.path):
+                    self.path.replace(aside)
+            print(f"train: {str(e).rstrip('; ')}; moved it to {aside} and starting over", file=sys.stderr)
+            return None
         if state.get("fingerprint") != self.fingerprint:
             print(f"train: {self.path} was made with other params or data; not resuming it",
                   file=sys.stderr)
@@ -91,7 +108,35 @@ class Checkpoint:
 
     def save(self, state: dict) -> None:
         if self.path is not None:
-            torch_save(self.path, {"fingerprint": self.fingerprint, **state})
+            save(self.path, {"fingerprint": self.fingerprint, **state})
+
+
+@contextmanager
+def writing(path: Path):
+    """Turn a failed write or removal (a read-only folder, a full disk) into a DataError."""
+    try:
+        yield
+    except OSError as e:
+        where = Path(e.filename) if e.filename else path
+        raise DataError(f"{where}: cannot write or remove it ({e.strerror or e}); make "
+                        f"{path.parent} writable (chmod -R u+w {path.parent}) and rerun") from None
+
+
+def save(path: Path, obj) -> None:
+    with writing(path):
+        torch_save(path, obj)
+
+
+def require_writable(directory: Path) -> None:
+    """DataError unless a file can be made in directory: a read-only models/V/ stops the run
+    before its first epoch, in one line, not at the first snapshot with a traceback."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):  # unnamed where the OS allows: DVC never sees it
+            pass
+    except OSError as e:
+        raise DataError(f"{directory}: cannot write there ({e.strerror or e}); make it writable "
+                        f"(chmod -R u+w {directory}) and rerun") from None
 
 
 @dataclass
@@ -109,31 +154,49 @@ class Result:
     images_per_second: float = 0.0
     device: str = "cpu"
 
-    def metrics(self, cfg: RunConfig, source: str) -> dict:
+    def grad_ratios(self) -> dict:
+        """first/last conv mean |grad| at the first and the last sampled step, as log10."""
+        steps = sorted({(r[0], r[1]) for r in self.capture_rows})
+        out = {}
+        for key, step in (("init", steps[0] if steps else None), ("final", steps[-1] if steps else None)):
+            ratio = first_last_conv_ratio(self.capture_rows, self.layer_names, step) if step else None
+            out[key] = round(math.log10(ratio), 2) if ratio else None
+        return out
+
+    def metrics(self) -> dict:
+        """The headline numbers a person compares across experiments (the DVC metrics file):
+        deterministic for a given config and seed, so equal runs give equal files."""
         last = self.history[-1] if self.history else {}
         best = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
-        names = self.layer_names
-        first_step = min(((r[0], r[1]) for r in self.capture_rows), default=None)
-        last_step = max(((r[0], r[1]) for r in self.capture_rows), default=None)
-        ratio = (lambda key: first_last_conv_ratio(self.capture_rows, names, key) if key else None)
-        pick = (lambda h: {k: h.get(k) for k in ("train_loss", "train_acc", "val_loss", "val_acc")})
+        ratios = self.grad_ratios()
         return {
-            "variant": cfg.name,
-            "status": self.status,
-            "diverged_epoch": self.diverged_epoch,
-            "data_source": source,
-            "device": self.device,
-            "epochs": cfg.train.epochs,
-            "epochs_run": len(self.history),
-            "best_epoch": self.best_epoch,
-            "final": pick(last),
-            "best": pick(best),
-            "test": self.test,
-            "params": self.num_params,
-            "seconds_per_epoch": round(self.seconds_per_epoch, 3),
-            "images_per_second": round(self.images_per_second, 1),
-            "grad_ratio_first_last_conv": {"init": ratio(first_step), "final": ratio(last_step)},
+            "verdict": verdict(last.get("train_loss"), best.get("val_acc"), self.status == "diverged"),
+            "test_acc": _round(self.test.get("acc")),
+            "test_loss": _round(self.test.get("loss")),
+            "best_val_acc": _round(best.get("val_acc")),
+            "final_train_loss": _round(last.get("train_loss")),
+            "log10_grad_ratio_init": ratios["init"],
+            "log10_grad_ratio_final": ratios["final"],
         }
+
+    def summary(self, cfg: RunConfig, source: str) -> dict:
+        """What else describes the run, deterministically (kept with the model, not a metric)."""
+        return {"variant": cfg.name, "status": self.status, "diverged_epoch": self.diverged_epoch,
+                "data_source": source, "epochs": cfg.train.epochs, "epochs_run": len(self.history),
+                "best_epoch": self.best_epoch, "params": self.num_params, "device": self.device,
+                "precision": "bf16" if uses_bf16(torch.device(self.device), cfg.train.precision) else "fp32"}
+
+    def timings(self) -> dict:
+        """Wall-clock figures: they differ on every run, so they stay out of DVC's outputs."""
+        return {"device": self.device, "seconds_per_epoch": round(self.seconds_per_epoch, 3),
+                "images_per_second": round(self.images_per_second, 1)}
+
+
+def _round(x: float | None, digits: int = 6) -> float | None:
+    """Six significant digits: readable in `dvc exp show`, and no false precision."""
+    if x is None or not math.isfinite(x) or x == 0:
+        return x if x is None or x == 0 else None  # JSON has no NaN or inf
+    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
 
 
 def loss_fn(logits: torch.Tensor, aux: list[torch.Tensor], labels: torch.Tensor,
@@ -182,100 +245,179 @@ def capture_every(cfg: RunConfig, steps_per_epoch: int) -> int:
     return max(1, steps_per_epoch // 10) if every == "auto" else every
 
 
+# The divergence rule. A fresh network's loss is about ln 100 = 4.6 (a uniform guess over the
+# 100 classes); an epoch whose mean training loss is not finite, or above ten times that, has
+# diverged. The run stops there with status `diverged`; its outputs are still written.
+DIVERGED_LOSS = 10 * math.log(100)  # 46.05
+
+
+def diverged(train_loss: float) -> bool:
+    """True for an epoch's mean training loss that is NaN, infinite or > 10 x ln 100."""
+    return not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS
+
+
 def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None,
-        capture: bool = True, progress: str = "") -> Result:
+        capture: bool = True, progress: str = "", on_epoch=None) -> Result:
     """Train one variant. With `workdir`, save weight snapshots at the configured epochs and a
-    resume checkpoint after every epoch there."""
-    t = cfg.train
-    device = pick_device(t.device)
-    dist = init_distributed(cfg, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    # NHWC is cuDNN's tensor-core layout, and oneDNN's faster one for these 32-channel convs on
-    # the CPU too (VGG_08 1.31x, VGG_38 1.19x on 2 cores, benchmarks/throughput.py).
-    channels_last = t.channels_last is True or (t.channels_last == "auto" and device.type in ("cuda", "cpu"))
+    resume checkpoint after every epoch there. `on_epoch(history)` is called after each epoch
+    (rank 0). The steps below, in the order they run: build, restore, then one epoch and its
+    end until the last epoch or a divergence, then finish."""
+    run = Training.build(cfg, dataset, workdir, progress)
+    run.restore()
+    for epoch in range(run.start_epoch + 1, cfg.train.epochs + 1):
+        totals = run.one_epoch(epoch, capture)
+        if not run.end_of_epoch(epoch, totals, on_epoch):
+            break
+    return run.finish()
 
-    torch.manual_seed(t.seed)
-    model = VGG(cfg.variant, cfg.model).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if dist.world > 1 and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    probed = probed_parameters(model, cfg.gradients.include_bias)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
-                                 fused=device.type == "cuda")
-    # Stepped once per epoch, as the reference does: T_max = epochs.
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs, eta_min=t.eta_min)
 
-    train_x, train_y = dataset.train.images.to(device), dataset.train.labels.to(device)
-    val = Split(dataset.val.images.to(device), dataset.val.labels.to(device))
-    augment = Augment(t.mean, t.std, t.crop_padding, t.flip, device)
-    n, batch = len(train_y), t.batch_size
-    steps_per_epoch = -(-n // batch)
-    grad_capture = GradientCapture([nm for nm, _ in probed], [p for _, p in probed],
-                                   capture_every(cfg, steps_per_epoch), steps_per_epoch)
-    snapshots = set(cfg.snapshot_epochs())
+@dataclass
+class EpochTotals:
+    """What one epoch of optimizer steps leaves for its end: the training loss and accuracy
+    (read from the device once), the learning rate it used, and when it started."""
+    train_loss: float
+    train_acc: float
+    lr: float
+    started: float
 
-    # Every rank resumes from the same file (optimizer state included); only rank 0 writes it.
-    ckpt = Checkpoint(workdir / "checkpoint.pt" if workdir else None,
-                      {"config": cfg.to_dict(), "data": dataset.fingerprint(), "world": dist.world})
-    state = ckpt.load()
-    result = Result([], [], [nm for nm, _ in probed], None, 0,
-                    num_params=sum(p.numel() for p in model.parameters()), device=str(device))
-    start_epoch, train_seconds = 0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, train_seconds = state["epoch"], state["train_seconds"]
-        result.history, result.best_epoch = state["history"], state["best_epoch"]
-        result.best_state, grad_capture.rows = state["best_state"], [tuple(r) for r in state["capture_rows"]]
-        print(f"train: {cfg.name}: resuming after epoch {start_epoch} from {ckpt.path}", file=sys.stderr)
-    if workdir and dist.main and state is None:
-        for stale in workdir.glob("epoch_*.pt"):  # from a run with other params
-            stale.unlink()
-    if workdir and dist.main and 0 in snapshots and start_epoch == 0:
-        torch_save(workdir / "epoch_000.pt", {"epoch": 0, "model": model.state_dict()})
 
-    step_model = model
-    if dist.world > 1:
-        step_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
-        step_model = torch.compile(step_model)
+@dataclass
+class Training:
+    """One run while it trains: fit() calls build, restore, one_epoch / end_of_epoch, finish."""
+    cfg: RunConfig
+    dataset: Dataset
+    workdir: Path | None
+    progress: str
+    device: torch.device
+    dist: Dist
+    channels_last: bool
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val: Split
+    augment: Augment
+    grad_capture: GradientCapture
+    snapshots: set[int]
+    ckpt: Checkpoint
+    result: Result
+    step_model: torch.nn.Module | None = None  # the model as the steps call it (DDP, compiled)
+    start_epoch: int = 0
+    train_seconds: float = 0.0
+    best_acc: float = -1.0
 
-    best_acc = max((h["val_acc"] for h in result.history), default=-1.0)
-    for epoch in range(start_epoch + 1, t.epochs + 1):
+    # --- 1. build: device, model, optimizer, the data on the device -------------------------
+
+    @classmethod
+    def build(cls, cfg: RunConfig, dataset: Dataset, workdir: Path | None, progress: str) -> "Training":
+        t = cfg.train
+        device = pick_device(t.device)
+        dist = init_distributed(cfg, device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        # NHWC is cuDNN's tensor-core layout, and oneDNN's faster one for these 32-channel convs
+        # on the CPU too (VGG_08 1.31x, VGG_38 1.19x on 2 cores, benchmarks/throughput.py).
+        channels_last = t.channels_last is True or (t.channels_last == "auto" and device.type in ("cuda", "cpu"))
+
+        torch.manual_seed(t.seed)
+        model = VGG(cfg.variant, cfg.model).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if dist.world > 1 and device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        probed = probed_parameters(model, cfg.gradients.include_bias)
+        optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                     fused=device.type == "cuda")
+        # Stepped once per epoch, as the reference does: T_max = epochs.
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs, eta_min=t.eta_min)
+
+        train_x, train_y = dataset.train.images.to(device), dataset.train.labels.to(device)
+        val = Split(dataset.val.images.to(device), dataset.val.labels.to(device))
+        augment = Augment(t.mean, t.std, t.crop_padding, t.flip, device)
+        steps_per_epoch = -(-len(train_y) // t.batch_size)
+        grad_capture = GradientCapture([nm for nm, _ in probed], [p for _, p in probed],
+                                       capture_every(cfg, steps_per_epoch), steps_per_epoch)
+        # Every rank resumes from the same file (optimizer state included); only rank 0 writes it.
+        ckpt = Checkpoint(workdir / "checkpoint.pt" if workdir else None,
+                          {"config": cfg.to_dict(), "data": dataset.fingerprint(), "world": dist.world})
+        result = Result([], [], [nm for nm, _ in probed], None, 0,
+                        num_params=sum(p.numel() for p in model.parameters()), device=str(device))
+        return cls(cfg, dataset, workdir, progress, device, dist, channels_last, model, optimizer,
+                   scheduler, train_x, train_y, val, augment, grad_capture,
+                   set(cfg.snapshot_epochs()), ckpt, result)
+
+    # --- 2. restore: resume from the checkpoint, or start over ------------------------------
+
+    def restore(self) -> None:
+        """Continue after the checkpoint's epoch if it belongs to this run; else start over
+        (removing an earlier run's snapshots) and save the initial weights as epoch 0. Then wrap
+        the model for the steps: DDP broadcasts rank 0's weights as it wraps."""
+        writes = self.workdir is not None and self.dist.main
+        if writes:
+            require_writable(self.workdir)
+        state = self.ckpt.load(set_aside=self.dist.main)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            self.start_epoch, self.train_seconds = state["epoch"], state["train_seconds"]
+            self.result.history, self.result.best_epoch = state["history"], state["best_epoch"]
+            self.result.best_state = state["best_state"]
+            self.grad_capture.rows = [tuple(r) for r in state["capture_rows"]]
+            print(f"train: {self.cfg.name}: resuming after epoch {self.start_epoch} from {self.ckpt.path}",
+                  file=sys.stderr)
+        elif writes:
+            for stale in self.workdir.glob("epoch_*.pt"):  # from a run with other params
+                with writing(stale):
+                    stale.unlink()
+        if writes and 0 in self.snapshots and self.start_epoch == 0:
+            save(self.workdir / "epoch_000.pt", {"epoch": 0, "model": self.model.state_dict()})
+        self.best_acc = max((h["val_acc"] for h in self.result.history), default=-1.0)
+
+        self.step_model = self.model
+        if self.dist.world > 1:
+            self.step_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.cfg.train.compile:
+            self.step_model = torch.compile(self.step_model)
+
+    # --- 3. one epoch: augment the training set, take the optimizer steps -------------------
+
+    def one_epoch(self, epoch: int, capture: bool) -> EpochTotals:
+        """All of an epoch's steps without a host sync; the loss and accuracy are read once."""
+        t, dist, device = self.cfg.train, self.dist, self.device
         started = time.perf_counter()
-        model.train()
-        aux_weight = cfg.variant.aux_weight * (1 - (epoch - 1) / t.epochs)
-        images, perm = augment.epoch(train_x, torch.Generator().manual_seed(t.seed * 1_000_003 + epoch))
-        labels = train_y[perm]
+        self.model.train()
+        aux_weight = self.cfg.variant.aux_weight * (1 - (epoch - 1) / t.epochs)
+        images, perm = self.augment.epoch(self.train_x, torch.Generator().manual_seed(t.seed * 1_000_003 + epoch))
+        labels = self.train_y[perm]
+        n, batch = len(self.train_y), t.batch_size
+        steps_per_epoch = -(-n // batch)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        steps = range(steps_per_epoch)
-        bar = tqdm(steps, desc=f"{progress}{cfg.name} {epoch}/{t.epochs}", leave=False,
-                   disable=None if dist.main else True, file=sys.stderr)
+        bar = tqdm(range(steps_per_epoch), desc=f"{self.progress}{self.cfg.name} {epoch}/{t.epochs}",
+                   leave=False, disable=None if dist.main else True, file=sys.stderr)
         for i in bar:
             lo = i * batch
-            x = augment.normalize(images[lo + dist.rank:lo + batch:dist.world])
+            x = self.augment.normalize(images[lo + dist.rank:lo + batch:dist.world])
             y = labels[lo + dist.rank:lo + batch:dist.world]
-            if channels_last:
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, t.precision):
-                logits, aux = step_model(x)
+                logits, aux = self.step_model(x)
             loss, main_sum = loss_fn(logits, aux, y, aux_weight, min(batch, n - lo) / dist.world)
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            sample = capture and dist.main and grad_capture.wants(i)
+            sample = capture and dist.main and self.grad_capture.wants(i)
             if sample:
-                grad_capture.before_step((epoch - 1) * steps_per_epoch + i)
-            optimizer.step()
+                self.grad_capture.before_step((epoch - 1) * steps_per_epoch + i)
+            self.optimizer.step()
             if sample:
-                grad_capture.after_step()
+                self.grad_capture.after_step()
             loss_sum += main_sum
             correct += (logits.detach().argmax(1) == y).sum()
         if dist.world > 1:
@@ -283,44 +425,67 @@ def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None,
             tdist.all_reduce(loss_sum)
             tdist.all_reduce(correct)
         train_loss, train_acc = loss_sum.item() / n, correct.item() / n  # the epoch's host sync
-        train_seconds += time.perf_counter() - started
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        grad_capture.end_epoch(epoch)
+        self.train_seconds += time.perf_counter() - started
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.grad_capture.end_epoch(epoch)
+        return EpochTotals(train_loss, train_acc, lr, started)
 
-        if not math.isfinite(train_loss):
-            result.status, result.diverged_epoch = "diverged", epoch
-            print(f"train: {cfg.name}: loss is {train_loss} in epoch {epoch}; stopping this variant",
-                  file=sys.stderr)
-            break
-        v = evaluate(model, val, augment, t.eval_batch_size, device, channels_last, t.precision)
-        result.history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                               "val_loss": v["loss"], "val_acc": v["acc"], "lr": lr,
-                               "epoch_seconds": time.perf_counter() - started})
-        if v["acc"] > best_acc:
-            best_acc, result.best_epoch = v["acc"], epoch
-            result.best_state = {k: x.detach().to("cpu", copy=True) for k, x in model.state_dict().items()}
-        if dist.main:
-            print(f"train: {progress}{cfg.name} epoch {epoch}/{t.epochs}: loss {train_loss:.4f} "
-                  f"acc {train_acc:.4f} | val loss {v['loss']:.4f} acc {v['acc']:.4f} | "
+    # --- 4. end of epoch: validate, record, keep the best, save; stop on divergence ---------
+
+    def end_of_epoch(self, epoch: int, totals: EpochTotals, on_epoch=None) -> bool:
+        """Record the epoch and save what a resume needs. False: the run diverged and stops (a
+        non-finite loss leaves no record; a finite one far above chance is recorded first)."""
+        t, result, name = self.cfg.train, self.result, self.cfg.name
+        if not math.isfinite(totals.train_loss):
+            return self._stop_diverged(epoch, totals.train_loss)
+        v = evaluate(self.model, self.val, self.augment, t.eval_batch_size, self.device,
+                     self.channels_last, t.precision)
+        result.history.append({"epoch": epoch, "train_loss": totals.train_loss, "train_acc": totals.train_acc,
+                               "val_loss": v["loss"], "val_acc": v["acc"], "lr": totals.lr,
+                               "epoch_seconds": time.perf_counter() - totals.started})
+        if v["acc"] > self.best_acc:
+            self.best_acc, result.best_epoch = v["acc"], epoch
+            result.best_state = {k: x.detach().to("cpu", copy=True) for k, x in self.model.state_dict().items()}
+        if self.dist.main:
+            print(f"train: {self.progress}{name} epoch {epoch}/{t.epochs}: loss {totals.train_loss:.4f} "
+                  f"acc {totals.train_acc:.4f} | val loss {v['loss']:.4f} acc {v['acc']:.4f} | "
                   f"{result.history[-1]['epoch_seconds']:.1f}s", file=sys.stderr)
-        if workdir and dist.main:
-            if epoch in snapshots:
-                torch_save(workdir / f"epoch_{epoch:03d}.pt", {"epoch": epoch, "model": model.state_dict()})
-            ckpt.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                       "train_seconds": train_seconds, "history": result.history,
-                       "best_epoch": result.best_epoch, "best_state": result.best_state,
-                       "capture_rows": grad_capture.rows})
+            if on_epoch is not None:  # live progress (rank 0): the history so far
+                on_epoch(result.history)
+        if diverged(totals.train_loss):
+            return self._stop_diverged(epoch, totals.train_loss)
+        if self.workdir and self.dist.main:
+            if epoch in self.snapshots:
+                save(self.workdir / f"epoch_{epoch:03d}.pt", {"epoch": epoch, "model": self.model.state_dict()})
+            self.ckpt.save({"epoch": epoch, "model": self.model.state_dict(),
+                            "optimizer": self.optimizer.state_dict(),
+                            "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state(),
+                            "train_seconds": self.train_seconds, "history": result.history,
+                            "best_epoch": result.best_epoch, "best_state": result.best_state,
+                            "capture_rows": self.grad_capture.rows})
+        return True
 
-    result.capture_rows = grad_capture.rows
-    epochs_run = max(1, len(result.history))
-    result.seconds_per_epoch = train_seconds / epochs_run
-    result.images_per_second = n * epochs_run / train_seconds if train_seconds else 0.0
-    if result.best_state is not None and dist.main:
-        final_state = {k: x.detach().clone() for k, x in model.state_dict().items()}
-        model.load_state_dict(result.best_state)
-        test = Split(dataset.test.images.to(device), dataset.test.labels.to(device))
-        result.test = evaluate(model, test, augment, t.eval_batch_size, device, channels_last, t.precision)
-        model.load_state_dict(final_state)
-    return result
+    def _stop_diverged(self, epoch: int, train_loss: float) -> bool:
+        self.result.status, self.result.diverged_epoch = "diverged", epoch
+        print(f"train: {self.cfg.name}: loss is {train_loss:.4g} in epoch {epoch} (diverged: not finite "
+              f"or > 10 x ln 100 = {DIVERGED_LOSS:.1f}); stopping this variant", file=sys.stderr)
+        return False
+
+    # --- 5. finish: speed, and the best-validation weights on the test set ------------------
+
+    def finish(self) -> Result:
+        result, t = self.result, self.cfg.train
+        result.capture_rows = self.grad_capture.rows
+        epochs_run = max(1, len(result.history))
+        result.seconds_per_epoch = self.train_seconds / epochs_run
+        result.images_per_second = (len(self.train_y) * epochs_run / self.train_seconds
+                                    if self.train_seconds else 0.0)
+        if result.best_state is not None and self.dist.main:
+            final_state = {k: x.detach().clone() for k, x in self.model.state_dict().items()}
+            self.model.load_state_dict(result.best_state)
+            test = Split(self.dataset.test.images.to(self.device), self.dataset.test.labels.to(self.device))
+            result.test = evaluate(self.model, test, self.augment, t.eval_batch_size, self.device,
+                                   self.channels_last, t.precision)
+            self.model.load_state_dict(final_state)
+        return result

@@ -1,37 +1,50 @@
-"""check stage: params.yaml -> params.ok, before any other stage runs.
+"""check stage: params.yaml -> data/config/*.json, the resolved config of every run.
 
     python -m stages.check                 (dvc.yaml runs it as check)
 
 DVC deletes a stage's outputs before it runs the stage's command, so a bad value that only
 the train stage noticed would already have cost that variant its model and metrics. This
-stage validates the whole file first (the same typed loader every stage uses): a bad value
-stops `dvc repro` / `dvc exp run` here, with exit code 2 and the key path on stderr, before
-anything is deleted. Its output is persistent (DVC leaves it in place while the check runs)
-and always the same bytes, so passing the check reruns nothing downstream.
+stage validates the whole file first (the typed loader every stage uses): a bad value stops
+`dvc repro` / `dvc exp run` here, with exit code 2 and the key path on stderr, before
+anything is deleted (its output is persistent: DVC leaves it in place while the check runs).
+
+It then writes what each stage reads, resolved, one small byte-stable JSON each:
+data/config/data.json for fetch, data/config/<variant>.json for train@ and gradients@, and
+data/config/sweep-<depth>-<fix>.json for sweep@. Those stages depend on their file, not on
+params sections, so a change reruns exactly the runs whose settings it changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
-from pathlib import Path
 
 from gradflow import params as P
+from gradflow import paths
+from gradflow.cli import cli
+from gradflow.files import write_text
 
-OUTPUT = Path("params.ok")
 
-
-def main(argv: list[str] | None = None) -> None:
-    # No torch here (P.cli and gradflow.files import it): the check runs first in every
-    # `dvc exp run`, so it should take a fraction of a second.
+@cli
+def main(argv: list[str]) -> None:
+    # No torch here: the check runs first in every `dvc exp run`, so it takes a fraction of a second.
     parser = argparse.ArgumentParser(prog="python -m stages.check", description=__doc__.splitlines()[0])
-    parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        P.load()
-    except P.ParamsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    OUTPUT.write_text("params.yaml passed gradflow.params.load()\n")  # constant bytes
+    parser.parse_args(argv)
+    params = P.load()
+    P.device_error(params.train.device)  # a device this machine lacks (imports torch only then)
+    configs = {paths.data_config(): json.dumps(dataclasses.asdict(params.data), indent=1,
+                                               sort_keys=True) + "\n"}
+    configs.update({paths.run_config(name): run.to_json() for name, run in params.runs().items()})
+    for path, text in configs.items():
+        if not path.is_file() or path.read_text() != text:  # unchanged files keep their mtime
+            write_text(path, text)
+    for stale in paths.CONFIG.glob("*.json"):  # runs no longer in params.yaml
+        if stale not in configs:
+            stale.unlink()
+    print(f"check: params.yaml is valid; {len(configs)} resolved configs in {paths.CONFIG}/",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@ def download_cifar100() -> None:
 def cifar100_source(data: P.DataParams) -> tuple[dict, dict]:
     archive = RAW_DIR / CIFAR100_FILENAME
     if archive.is_file() and md5sum(archive) != CIFAR100_MD5:
-        archive.unlink()
-        print(f"fetch: {archive} failed its md5 check (partial or corrupt); removed it",
+        # Perhaps the user's own copy: set it aside, never delete it.
+        aside = archive.with_name(archive.name + ".corrupt")
+        archive.replace(aside)
+        print(f"fetch: {archive} failed its md5 check (partial or corrupt); moved it to {aside}",
               file=sys.stderr)
     if not archive.is_file():
         download_cifar100()
@@ -82,9 +84,12 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.fetch", description=__doc__.splitlines()[0])
     parser.add_argument("--available", action="store_true",
                         help="only test whether CIFAR-100 is here or downloadable (exit 0) or not (exit 1)")
-    if parser.parse_args(argv).available:
+    parser.add_argument("--config", help="the resolved data section the check stage wrote "
+                        "(dvc.yaml passes data/config/data.json); default: params.yaml's data")
+    args = parser.parse_args(argv)
+    if args.available:
         raise SystemExit(0 if cifar100_available() else 1)
-    data = P.load().data
+    data = P.load_resolved(args.config, P.DataParams) if args.config else P.load().data
     dataset, origin = SOURCES[data.source](data)
     torch_save(DATASET_FILE, dataset)
     write_json(MANIFEST_FILE, {

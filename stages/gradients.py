@@ -16,29 +16,39 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import torch
 
 from gradflow import params as P
+from gradflow import paths
 from gradflow.cli import cli
 from gradflow.data import Augment, load_dataset
 from gradflow.errors import DataError
-from gradflow.files import write_csv
-from gradflow.model import VGG
+from gradflow.files import torch_load, write_csv
+from gradflow.model import VGG, depth_positions
 from gradflow.probe import PROBE_COLUMNS, probe
 from gradflow.training import pick_device
 
+
 @cli
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.gradients")
-    parser.add_argument("variant")
+    parser = argparse.ArgumentParser(prog="python -m stages.gradients", description=__doc__.splitlines()[0])
+    parser.add_argument("variant", help="a name under `variants` in params.yaml")
+    parser.add_argument("--config", help="the variant's resolved config, written by the check stage "
+                        "(dvc.yaml passes data/config/<variant>.json); default: resolve params.yaml")
+    parser.add_argument("--probe-size", type=int, help="probe images (dvc.yaml passes "
+                        "gradients.probe_size); default: params.yaml's")
     args = parser.parse_args(argv)
-    params = P.load()
-    cfg = params.run(args.variant)
-    dataset = load_dataset(params.data)
+    params = None if args.config and args.probe_size else P.load()
+    cfg = P.load_resolved(args.config) if args.config else params.run(args.variant)
+    if cfg.name != args.variant:
+        raise P.ParamsError(f"{args.config}: the config of {cfg.name!r}, not of {args.variant!r}")
+    probe_size = args.probe_size or params.gradients.probe_size
+    if probe_size < 1:
+        raise P.ParamsError(f"gradients.probe_size: must be >= 1, got {probe_size}")
+    dataset = load_dataset(cfg.data)
     device = pick_device(cfg.train.device)
-    n_probe = min(cfg.gradients.probe_size, len(dataset.val))
+    n_probe = min(probe_size, len(dataset.val))
     t = cfg.train
     augment = Augment(t.mean, t.std, 0, False, device)
     x = augment.normalize(dataset.val.images[:n_probe].to(device))
@@ -49,20 +59,23 @@ def main(argv: list[str]) -> None:
     model = VGG(cfg.variant, cfg.model).to(device)
     rows = []
     for epoch in cfg.snapshot_epochs():
-        path = Path("models") / cfg.name / f"epoch_{epoch:03d}.pt"
+        path = paths.snapshot(cfg.name, epoch)
         if not path.is_file():  # e.g. the run diverged before this epoch
             print(f"gradients: {cfg.name}: no snapshot {path}; skipped", file=sys.stderr)
             continue
         try:
-            model.load_state_dict(torch.load(path, weights_only=True, map_location=device)["model"])
+            model.load_state_dict(torch_load(path, f"rerun its training (dvc repro -f train@{cfg.name})",
+                                             map_location=device)["model"])
         except (RuntimeError, KeyError) as e:
             raise DataError(f"{path}: not a snapshot of variant {cfg.name} ({e})") from None
         aux_weight = cfg.variant.aux_weight * (1 - epoch / t.epochs)
-        for i, (name, g, a) in enumerate(probe(model, x, y, cfg.gradients.include_bias, aux_weight)):
+        probed = probe(model, x, y, cfg.gradients.include_bias, aux_weight)
+        depths = depth_positions([name for name, _, _ in probed])
+        for i, (name, g, a) in enumerate(probed):
             # update_ratio belongs to an optimizer step; a probe takes none.
-            rows.append((cfg.name, epoch, epoch * steps_per_epoch, i, name, *g, math.nan, *a))
-    write_csv(output(cfg.name), PROBE_COLUMNS, rows)
-    print(f"gradients: {cfg.name}: {len(rows)} rows on {n_probe} probe images -> {output(cfg.name)}",
+            rows.append((cfg.name, epoch, epoch * steps_per_epoch, i, name, *g, math.nan, depths[i], *a))
+    write_csv(paths.grad_flow(cfg.name), PROBE_COLUMNS, rows)
+    print(f"gradients: {cfg.name}: {len(rows)} rows on {n_probe} probe images -> {paths.grad_flow(cfg.name)}",
           file=sys.stderr)
 
 

@@ -29,7 +29,8 @@ def main(argv: list[str]) -> None:
     written = [Fg.training_curves(runs, reference, colours), Fg.gradient_flow(runs, colours),
                Fg.gradient_heatmap(runs), Fg.activations(runs, colours), Fg.depth_sweep(sweep, sweep_metrics)]
     atomic_write(Fg.OUT / "sweep.csv", lambda tmp: sweep.to_csv(tmp, index=False))
-    write_text(Fg.OUT / "results.md", results_markdown(runs, sweep, Fg.load_reference_test()))
+    write_text(Fg.OUT / "results.md", results_markdown(runs, sweep, reference, Fg.load_reference_test(),
+                                                       params.variants))
     written += [Fg.OUT / "sweep.csv", Fg.OUT / "results.md"]
     print(f"plots: {len(runs)} of {len(names)} variants, {len(sweep)} sweep points -> "
           f"{', '.join(str(p) for p in written)}", file=sys.stderr)

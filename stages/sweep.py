@@ -10,39 +10,34 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
-from pathlib import Path
 
 from gradflow import params as P
+from gradflow import paths
 from gradflow.cli import cli
 from gradflow.data import load_dataset
 from gradflow.files import write_json
 from gradflow.training import fit
 
 
-def output(depth: int, fix: str) -> Path:
-    return Path("metrics/sweep") / f"{depth}-{fix}.json"
-
-
 @cli
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.sweep")
+    parser = argparse.ArgumentParser(prog="python -m stages.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("depth", type=int)
-    parser.add_argument("fix")
+    parser.add_argument("fix", help=f"one of {', '.join(P.SWEEP_FIXES)}")
+    parser.add_argument("--config", help="the point's resolved config, written by the check stage "
+                        "(dvc.yaml passes data/config/sweep-<depth>-<fix>.json); default: params.yaml")
     args = parser.parse_args(argv)
-    params = P.load()
-    if args.fix not in P.SWEEP_FIXES:
-        raise P.ParamsError(f"sweep fix {args.fix!r}: unknown (known: {', '.join(P.SWEEP_FIXES)})")
-    P.depth_error(args.depth, params.model.stages, "sweep depth")
-    variant = P.Variant(depth=args.depth, **P.SWEEP_FIXES[args.fix])
-    name = f"{args.depth}-{args.fix}"
-    cfg = P.RunConfig(name, variant, params.model,
-                      replace(params.train, epochs=params.sweep.epochs), params.gradients)
-    dataset = load_dataset(params.data)
+    cfg = (P.load_resolved(args.config) if args.config
+           else P.load().sweep_run(args.depth, args.fix))
+    if cfg.name != f"{args.depth}-{args.fix}":
+        raise P.ParamsError(f"{args.config}: the config of sweep point {cfg.name!r}, "
+                            f"not of {args.depth}-{args.fix}")
+    dataset = load_dataset(cfg.data)
     result = fit(cfg, dataset, progress="sweep ")
-    metrics = result.metrics(cfg, dataset.source)
-    write_json(output(args.depth, args.fix), {"depth": args.depth, "fix": args.fix, **metrics})
-    print(f"sweep: {name}: final train loss {metrics['final'].get('train_loss')}", file=sys.stderr)
+    metrics = {k: v for k, v in result.metrics().items() if not k.startswith("test_")}  # no test pass
+    write_json(paths.sweep_metrics(args.depth, args.fix), {"depth": args.depth, "fix": args.fix, **metrics})
+    print(f"sweep: {cfg.name}: {metrics['verdict']}, final train loss {metrics['final_train_loss']}",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

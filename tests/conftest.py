@@ -68,12 +68,14 @@ def copy_project(dst: Path) -> Path:
     return dst
 
 
-def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 600, extra_env: dict | None = None,
+        **kw) -> subprocess.CompletedProcess:
     """Run a command in the project copy; the copy's `stages` package wins over the installed one."""
     # The venv's bin first: dvc runs each stage's `python -m stages...` through PATH.
     env = {**os.environ, "PYTHONPATH": str(cwd), "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("LOCAL_RANK", None)
+    env.update(extra_env or {})
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n"

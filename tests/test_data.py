@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ import torch
 import stages.fetch
 from cifar_archive import write_cifar100_archive
 from conftest import stage, write_params
-from gradflow.data import (CIFAR100_FILENAME, DataError, Augment, build_dataset, load_dataset,
+from gradflow.data import (CIFAR100_FILENAME, CIFAR100_URL, DataError, Augment, build_dataset, load_dataset,
                          read_cifar100_archive, synthetic)
 from gradflow.files import md5sum
 from gradflow.params import DataParams
@@ -146,6 +148,68 @@ def test_fetch_reads_a_placed_archive_into_the_dataset_file(project, archive, mo
     order = [next(j for j in range(len(original)) if torch.equal(original[j], img)) for img in images]
     assert sorted(order) == list(range(100))
     assert labels.tolist() == [archive.train_labels[j] for j in order]
+
+
+# --- fetch --available: the quick start's "CIFAR-100 or synthetic?" ------------------------------
+
+def available(monkeypatch, capsys, urlopen) -> tuple[int, str]:
+    """`python -m stages.fetch --available` in-process, with urllib's urlopen replaced."""
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    with pytest.raises(SystemExit) as exit_:
+        stages.fetch.main(["--available"])
+    return exit_.value.code, capsys.readouterr().err
+
+
+def no_network(request, timeout=None):
+    raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+
+
+def test_available_with_the_archive_in_place_asks_no_network(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: --available needs none
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / CIFAR100_FILENAME).write_bytes(b"any archive")
+
+    def urlopen(*args, **kwargs):
+        raise AssertionError("--available went to the network although the archive is here")
+    code, err = available(monkeypatch, capsys, urlopen)
+    assert code == 0 and err == ""
+
+
+def test_available_without_archive_or_network_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, err = available(monkeypatch, capsys, no_network)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("CIFAR-100 cannot be downloaded here (")
+    assert "Network is unreachable" in lines[0] and "synthetic" in lines[0]
+    assert not (tmp_path / "data").exists()  # it only asks; it writes nothing
+
+
+def test_available_without_archive_asks_the_dataset_url(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    asked = []
+
+    class Answer:
+        def close(self):
+            asked.append("closed")
+
+    def urlopen(request, timeout=None):
+        asked.append((request.get_method(), request.full_url, timeout))
+        return Answer()
+    code, err = available(monkeypatch, capsys, urlopen)
+    assert code == 0 and err == ""
+    assert asked[0][:2] == ("HEAD", CIFAR100_URL) and 0 < asked[0][2] <= 30  # no long wait
+    assert asked[1] == "closed"
+
+
+def test_available_treats_a_timeout_like_no_network(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+
+    def timeout(request, timeout=None):
+        raise TimeoutError("timed out")
+    code, err = available(monkeypatch, capsys, timeout)
+    assert code == 1 and "timed out" in err and len(err.strip().splitlines()) == 1
 
 
 # --- the synthetic source -----------------------------------------------------------------------

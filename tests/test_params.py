@@ -9,6 +9,8 @@ real `python -m stages.<stage>` processes, which adds the interpreter's own stde
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,8 @@ import yaml
 import stages.fetch
 import stages.train
 from conftest import TINY, default_params, merged, stage, write_params
-from gradflow.params import ParamsError, Params, load, parse
+from gradflow.params import (DataParams, GradientsParams, ModelParams, Params, ParamsError, SweepParams,
+                             TrainParams, Variant, load, parse)
 
 # Outputs that exist before the bad run; they must come out untouched.
 OUTPUTS = ["data/dataset.pt", "data/manifest.json", "models/VGG_08.pt", "models/VGG_08/checkpoint.pt",
@@ -139,8 +142,55 @@ def test_bad_params_are_refused_by_the_command(project, case):
     assert proc.stdout == ""
 
 
-def test_the_table_covers_the_brief():
-    assert len(CASES) >= 12 and len({c[0] for c in CASES}) == len(CASES)
+# --- every field, generated from the dataclasses (a new field is covered without a new case) --
+
+SECTIONS = {"data": DataParams, "model": ModelParams, "train": TrainParams, "variants.V": Variant,
+            "gradients": GradientsParams, "sweep": SweepParams}
+FIELDS = [(f"{section}.{f.name}", f) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def with_value(path: str, value) -> dict:
+    """Minimal raw params (one variant V, depth 8) with `path` set to value."""
+    raw = {"variants": {"V": {"depth": 8}}}
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize("path", [p for p, _ in FIELDS])
+def test_every_field_refuses_a_wrong_type_by_its_key_path(path):
+    """No field of any section takes a mapping: each is refused with its full key path first."""
+    with pytest.raises(ParamsError) as refused:
+        parse(with_value(path, {"not": "a value"}))
+    assert str(refused.value).startswith(f"{path}: expected "), str(refused.value)
+
+
+BOUNDED = [(path, f.metadata) for path, f in FIELDS if f.metadata.get("min") is not None
+           or f.metadata.get("max") is not None]
+# Fields whose bound alone is not a valid config: a depth must also be 8 + 6k, and stages
+# changes which depths are (the depth cases in CASES check those).
+EDGE_NEEDS_MORE = {"variants.V.depth", "model.stages"}
+
+
+@pytest.mark.parametrize("path, meta", BOUNDED, ids=[p for p, _ in BOUNDED])
+def test_every_bound_is_enforced_at_its_edge(path, meta):
+    """The value just past each declared bound is refused naming the bound; the bound itself
+    (for an inclusive one) is accepted."""
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None:
+        bad = low if meta.get("exclusive_min") else low - 1
+        with pytest.raises(ParamsError, match=re.escape(f"{path}: must be ") + "[>]"):
+            parse(with_value(path, bad))
+        if not meta.get("exclusive_min") and path not in EDGE_NEEDS_MORE:
+            parse(with_value(path, low))
+    if high is not None:
+        with pytest.raises(ParamsError, match=re.escape(f"{path}: must be <= {high}")):
+            parse(with_value(path, high + 1))
+        if path not in EDGE_NEEDS_MORE:
+            parse(with_value(path, high))
 
 
 # --- the typed parser, in-process -----------------------------------------------------------
@@ -155,20 +205,20 @@ def test_project_params_parse_and_match_the_defaults():
 
 def test_bool_is_not_an_integer_and_an_integer_is_not_a_bool():
     with pytest.raises(ParamsError, match="train.epochs"):
-        parse({"variants": {"V": {}}, "train": {"epochs": True}})
+        parse({"variants": {"V": {"depth": 8}}, "train": {"epochs": True}})
     with pytest.raises(ParamsError, match="train.flip"):
-        parse({"variants": {"V": {}}, "train": {"flip": 1}})
+        parse({"variants": {"V": {"depth": 8}}, "train": {"flip": 1}})
     with pytest.raises(ParamsError, match="variants.V.batch_norm"):
-        parse({"variants": {"V": {"batch_norm": "yes"}}})
+        parse({"variants": {"V": {"depth": 8, "batch_norm": "yes"}}})
     with pytest.raises(ParamsError, match="train.channels_last"):
-        parse({"variants": {"V": {}}, "train": {"channels_last": 1}})
-    assert parse({"variants": {"V": {}}, "train": {"channels_last": True}}).train.channels_last is True
+        parse({"variants": {"V": {"depth": 8}}, "train": {"channels_last": 1}})
+    assert parse({"variants": {"V": {"depth": 8}}, "train": {"channels_last": True}}).train.channels_last is True
     with pytest.raises(ParamsError, match="gradients.every_n_steps"):
-        parse({"variants": {"V": {}}, "gradients": {"every_n_steps": True}})
+        parse({"variants": {"V": {"depth": 8}}, "gradients": {"every_n_steps": True}})
 
 
 def test_integers_are_accepted_for_floats():
-    p = parse({"variants": {"V": {"lr": 1}}, "train": {"lr": 2, "mean": [0, 1, 0]}})
+    p = parse({"variants": {"V": {"depth": 8, "lr": 1}}, "train": {"lr": 2, "mean": [0, 1, 0]}})
     assert p.train.lr == 2.0 and type(p.train.lr) is float
     assert p.train.mean == (0.0, 1.0, 0.0) and all(type(m) is float for m in p.train.mean)
     assert p.run("V").train.lr == 1.0 and type(p.run("V").train.lr) is float
@@ -176,44 +226,47 @@ def test_integers_are_accepted_for_floats():
 
 def test_infinity_is_not_a_number_here():
     with pytest.raises(ParamsError, match="train.lr"):
-        parse({"variants": {"V": {}}, "train": {"lr": float("inf")}})
+        parse({"variants": {"V": {"depth": 8}}, "train": {"lr": float("inf")}})
 
 
 def test_null_is_accepted_where_optional_and_keeps_the_default():
-    p = parse({"variants": {"V": {"lr": None, "epochs": None, "batch_size": 7}},
+    p = parse({"variants": {"V": {"depth": 8, "lr": None, "epochs": None, "batch_size": 7}},
                "data": {"train_limit": None, "eval_limit": 5}, "train": {"lr": 0.01, "epochs": 3}})
     assert p.data.train_limit is None and p.data.eval_limit == 5
     run = p.run("V")
     assert (run.train.lr, run.train.epochs, run.train.batch_size) == (0.01, 3, 7)
     with pytest.raises(ParamsError, match="train.lr"):
-        parse({"variants": {"V": {}}, "train": {"lr": None}})  # not Optional
+        parse({"variants": {"V": {"depth": 8}}, "train": {"lr": None}})  # not Optional
     with pytest.raises(ParamsError, match="data.train_limit"):
-        parse({"variants": {"V": {}}, "data": {"train_limit": 0}})
+        parse({"variants": {"V": {"depth": 8}}, "data": {"train_limit": 0}})
 
 
 def test_out_of_range_in_an_optional_field_names_the_bound():
     """Not "expected a number or null, got 0": 0 is a number, it is the bound that fails."""
     with pytest.raises(ParamsError, match=r"variants.V.lr: must be > 0, got 0"):
-        parse({"variants": {"V": {"lr": 0}}})
+        parse({"variants": {"V": {"depth": 8, "lr": 0}}})
     with pytest.raises(ParamsError, match=r"data.eval_limit: must be >= 1, got -5"):
-        parse({"variants": {"V": {}}, "data": {"eval_limit": -5}})
+        parse({"variants": {"V": {"depth": 8}}, "data": {"eval_limit": -5}})
 
 
 def test_unions_and_lists():
-    p = parse({"variants": {"V": {}}, "train": {"epochs": 4},
+    p = parse({"variants": {"V": {"depth": 8}}, "train": {"epochs": 4},
                "gradients": {"every_n_steps": 5, "epochs": [0, 2, "last"]}})
     assert p.gradients.every_n_steps == 5 and p.gradients.epochs == (0, 2, "last")
     assert p.run("V").snapshot_epochs() == [0, 2, 4]
-    assert parse({"variants": {"V": {}}, "gradients": {"every_n_steps": "auto"}}).gradients.every_n_steps == "auto"
+    assert parse({"variants": {"V": {"depth": 8}}, "gradients": {"every_n_steps": "auto"}}).gradients.every_n_steps == "auto"
     with pytest.raises(ParamsError, match="gradients.every_n_steps"):
-        parse({"variants": {"V": {}}, "gradients": {"every_n_steps": "often"}})
+        parse({"variants": {"V": {"depth": 8}}, "gradients": {"every_n_steps": "often"}})
     with pytest.raises(ParamsError, match="sweep.depths"):
-        parse({"variants": {"V": {}}, "sweep": {"depths": 8}})  # a list is expected
+        parse({"variants": {"V": {"depth": 8}}, "sweep": {"depths": 8}})  # a list is expected
 
 
-def test_empty_sections_and_empty_variants_take_the_defaults():
-    p = parse({"train": None, "variants": {"V": None}})
-    assert isinstance(p, Params) and p.train == type(p.train)() and p.variants["V"].depth == 8
+def test_empty_sections_take_the_defaults_but_a_variant_needs_its_depth():
+    p = parse({"train": None, "variants": {"V": {"depth": 8}}})
+    assert isinstance(p, Params) and p.train == type(p.train)() and p.variants["V"] == Variant(depth=8)
+    # ...but a variant has no default depth: an empty one is refused, naming the key.
+    with pytest.raises(ParamsError, match=r"^variants.V.depth: missing"):
+        parse({"variants": {"V": None}})
 
 
 def test_exponent_floats_read_as_numbers_like_dvc_reads_them(tmp_path):

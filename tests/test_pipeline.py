@@ -2,8 +2,10 @@
 exactly the branch whose params changed, bad params that must stop before anything is
 deleted, and the metrics commands on the results.
 
-The tests share one git + DVC repo (a module fixture) and run in file order: each experiment
-starts from the workspace the previous one left. 8 filters keep VGG_38 cheap on a CPU.
+The tests share one git + DVC repo (a module fixture, after one committed `dvc repro`) and
+run in any order, alone or together: `Repo.exp` runs each experiment from that committed
+baseline the first time a test asks for it and remembers its output for the next test that
+needs it. 8 filters keep VGG_38 cheap on a CPU.
 """
 
 from __future__ import annotations
@@ -33,17 +35,35 @@ class Repo:
     def __init__(self, path: Path):
         self.path = path
         self.exps: dict[str, str] = {}  # what changed -> experiment name
+        self.runs: dict[str, object] = {}  # setting -> its `dvc exp run` process
 
     def dvc(self, *args: str, check: bool = True):
         proc = run([DVC, *args], cwd=self.path, check=check)
         proc.output = proc.stdout + proc.stderr
         return proc
 
+    def baseline(self) -> None:
+        """Back to the committed `dvc repro`: params, dvc.lock, metrics and every cached output."""
+        run(["git", "checkout", "-q", "--", "."], cwd=self.path)
+        self.dvc("checkout", "--force")
+
     def exp_run(self, setting: str, check: bool = True):
+        """`dvc exp run -S setting` on the baseline; the process gets the metrics files before
+        and after it (`.before`, `.after`: variant -> bytes), which later tests can still read."""
+        self.baseline()
         proc = self.dvc("exp", "run", "-S", setting, check=check)
         if proc.returncode == 0:
             self.exps[setting] = re.search(r"Ran experiment\(s\): (\S+)", proc.output).group(1)
+        proc.before = {v: run(["git", "show", f"HEAD:metrics/{v}.json"], cwd=self.path).stdout.encode()
+                       for v in VARIANTS}
+        proc.after = {v: (self.path / "metrics" / f"{v}.json").read_bytes() for v in VARIANTS}
         return proc
+
+    def exp(self, setting: str):
+        """The experiment `-S setting` on the baseline, run the first time a test asks for it."""
+        if setting not in self.runs:
+            self.runs[setting] = self.exp_run(setting)
+        return self.runs[setting]
 
     def outputs(self) -> dict[str, str]:
         """md5 of every file the pipeline writes or reads back, and of dvc.lock."""
@@ -80,6 +100,7 @@ def repo(tmp_path_factory):
 @pytest.mark.slow
 def test_repro_runs_every_stage_then_nothing(repo):
     assert ran(repo.first_repro) == EVERY_STAGE
+    repo.baseline()
     for v in VARIANTS:
         for out in (f"models/{v}.pt", f"metrics/{v}.json", f"plots/history/{v}.csv",
                     f"plots/grad_capture/{v}.csv", f"plots/grad_flow/{v}.csv"):
@@ -94,27 +115,27 @@ def test_repro_runs_every_stage_then_nothing(repo):
 
 @pytest.mark.slow
 def test_exp_on_one_variant_reruns_its_branch_only(repo):
-    vgg08 = (repo.path / "metrics" / "VGG_08.json").read_bytes()
-    proc = repo.exp_run("variants.VGG_38.depth=14")
+    proc = repo.exp("variants.VGG_38.depth=14")
     assert ran(proc) == {"check", "train@VGG_38", "gradients@VGG_38", "plots"}
     assert {"train@VGG_08", "gradients@VGG_08", "fetch", "sweep@8-none"} <= skipped(proc)
-    assert repo.metrics("VGG_38")["params"] < 10_000  # 13 convs of 8 filters, not 37
-    assert (repo.path / "metrics" / "VGG_08.json").read_bytes() == vgg08
+    assert json.loads(proc.after["VGG_38"])["params"] < 10_000  # 13 convs of 8 filters, not 37
+    assert proc.after["VGG_08"] == proc.before["VGG_08"]
 
 
 @pytest.mark.slow
 def test_exp_on_probe_size_reruns_no_training(repo):
-    proc = repo.exp_run("gradients.probe_size=20")
+    proc = repo.exp("gradients.probe_size=20")
     assert ran(proc) == {"check", "plots", *(f"gradients@{v}" for v in VARIANTS)}
     assert not any(s.startswith("train@") for s in ran(proc))
 
 
 @pytest.mark.slow
 def test_exp_switching_a_fix_on_reruns_its_branch_only(repo):
-    before = repo.metrics("VGG_38")["params"]
-    proc = repo.exp_run("variants.VGG_38.batch_norm=true")
+    proc = repo.exp("variants.VGG_38.batch_norm=true")
     assert ran(proc) == {"check", "train@VGG_38", "gradients@VGG_38", "plots"}
-    assert repo.metrics("VGG_38")["params"] > before  # BN's scale and shift
+    params = {when: json.loads(files["VGG_38"])["params"] for when, files in
+              (("before", proc.before), ("after", proc.after))}
+    assert params["after"] > params["before"]  # BN's scale and shift
 
 
 @pytest.mark.slow
@@ -126,6 +147,7 @@ def test_exp_switching_a_fix_on_reruns_its_branch_only(repo):
     ("gradients.probe_size=-1", "gradients.probe_size"),
 ])
 def test_bad_params_stop_before_anything_changes(repo, setting, key):
+    repo.baseline()
     params = (repo.path / "params.yaml").read_text()
     before = repo.outputs()
     proc = repo.exp_run(setting, check=False)
@@ -138,6 +160,8 @@ def test_bad_params_stop_before_anything_changes(repo, setting, key):
 
 @pytest.mark.slow
 def test_metrics_show_and_diff_between_experiments(repo):
+    repo.exp("variants.VGG_38.depth=14")
+    repo.exp("variants.VGG_38.batch_norm=true")
     shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
     found = {}
 
@@ -159,6 +183,7 @@ def test_metrics_show_and_diff_between_experiments(repo):
         assert metrics["metrics/VGG_08.json"]["data"]["status"] == "ok"
 
     depth, bn = repo.exps["variants.VGG_38.depth=14"], repo.exps["variants.VGG_38.batch_norm=true"]
+    # depth 14 vs depth 38 with batch norm, both from the baseline's depth 38
     diff = json.loads(repo.dvc("metrics", "diff", depth, bn, "--json").stdout)
     assert diff["metrics/VGG_38.json"]["params"]["new"] > diff["metrics/VGG_38.json"]["params"]["old"]
     assert "metrics/VGG_08.json" not in diff  # not rerun: the very same file

@@ -12,11 +12,16 @@ import shutil
 import struct
 from pathlib import Path
 
+import matplotlib.image
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from conftest import DVC, copy_project, run, stage, write_params
+from gradflow import figures as Fg
+from gradflow.model import VGG, depth_positions, probed_parameters
+from gradflow.params import ModelParams, Variant
 
 FIGURES = ["training_curves.png", "gradient_flow.png", "gradient_heatmap.png", "activations.png",
            "depth_sweep.png"]
@@ -74,14 +79,47 @@ def table_rows(markdown: str, first_header: str = "variant") -> dict[str, dict[s
     return rows
 
 
+def ink(path: Path) -> tuple[float, float]:
+    """(fraction of pixels that are not white, fraction that are coloured, not grey)."""
+    rgb = matplotlib.image.imread(path)[..., :3].astype(float)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return float((rgb.min(axis=-1) < 0.9).mean()), float((spread > 0.25).mean())
+
+
+def placeholder(tmp_path: Path, monkeypatch, name: str) -> Path:
+    """The figure the stage writes when there is nothing to draw (empty_figure), for `name`."""
+    monkeypatch.setattr(Fg, "OUT", tmp_path / "empty")
+    return Fg.empty_figure(name, name, "nothing to draw yet: a message of about this length here")
+
+
 @pytest.mark.slow
-def test_every_figure_is_a_real_png(plotted):
+def test_every_figure_is_a_real_png(plotted, tmp_path, monkeypatch):
+    """Every figure is a chart, not the placeholder empty_figure writes when a table is
+    missing: a placeholder is black text on white; a chart has coloured lines or cells and
+    several times the placeholder's ink."""
+    empty = placeholder(tmp_path, monkeypatch, "empty.png")
+    empty_ink, empty_colour = ink(empty)
+    assert empty_colour == 0.0 and empty_ink < 0.02, (empty_ink, empty_colour)  # the check's premise
     for name in FIGURES:
         path = plotted / "plots" / name
         assert path.is_file(), name
-        assert path.stat().st_size > 10_000, f"{name}: {path.stat().st_size} bytes, too small to hold a plot"
+        assert path.read_bytes() != empty.read_bytes(), f"{name} is the empty placeholder"
         width, height = png_size(path)
         assert width >= 600 and height >= 300, f"{name}: {width}x{height}"
+        assert (width, height) != png_size(empty), f"{name}: the placeholder's size"
+        chart_ink, chart_colour = ink(path)
+        assert chart_ink > 3 * empty_ink, f"{name}: {chart_ink:.4f} of its pixels inked, like a placeholder"
+        assert chart_colour > 0.002, f"{name}: {chart_colour:.4f} of its pixels coloured: no data drawn?"
+
+
+def test_ink_tells_a_placeholder_from_a_chart(tmp_path, monkeypatch):
+    """The check above, on a placeholder and a one-line chart drawn here."""
+    empty = placeholder(tmp_path, monkeypatch, "empty.png")
+    fig, ax = Fg.plt.subplots(figsize=(8, 4))
+    ax.plot([1, 2, 3], [3, 1, 2], color="tab:blue", lw=2)
+    chart = Fg.save(fig, "chart.png")
+    assert ink(empty)[1] == 0.0 and ink(chart)[1] > 0.002
+    assert ink(chart)[0] > 3 * ink(empty)[0]
 
 
 @pytest.mark.slow
@@ -184,9 +222,178 @@ def test_dvc_plots_diff_overlays_two_commits(plotted, tmp_path):
     assert loss["HEAD"] == pytest.approx(loss["HEAD~1"] + 1.0)
     assert curves["encoding"]["color"]["field"] == "rev"  # the epoch_curves template, filled
     assert curves["encoding"]["column"]["field"] == "field"
+    assert curves["encoding"]["x"]["axis"]["tickMinStep"] == 1  # integer epoch ticks
     flow = by_title["plots/grad_flow/VGG_38.csv"]
     assert flow["encoding"]["y"]["scale"]["type"] == "log"
+    # aligned by depth (the k-th conv/linear), one row per snapshot epoch, revisions by colour
+    assert flow["encoding"]["x"]["field"] == "depth"
+    assert flow["encoding"]["row"]["field"] == "epoch" and "strokeDash" not in flow["encoding"]
+    assert flow["encoding"]["color"]["field"] == "rev"
+    depths = {float(v["depth"]) for v in flow["data"]["values"]}
+    assert max(depths) == 38 and min(depths) == 1
     assert {v["rev"] for v in flow["data"]["values"]} == {"HEAD~1", "HEAD"}
     assert "plots/history/VGG_38.csv" in by_title and "plots/grad_flow/VGG_08.csv" in by_title
     for name in FIGURES:  # the stage's figures, as images of both revisions
         assert re.search(rf"HEAD~1[^\"]*{re.escape(name)}", html), name
+
+
+# --- the plot helpers, without a run ------------------------------------------------------------
+
+def layers_of(depth: int, **switches) -> list[str]:
+    model = VGG(Variant(depth=depth, **switches), ModelParams(filters=4))
+    return [name for name, _ in probed_parameters(model)]
+
+
+@pytest.mark.parametrize("switches", [{}, {"batch_norm": True}, {"dense": True},
+                                      {"deep_supervision": True}, {"batch_norm": True, "residual": True}])
+def test_depth_positions_span_the_depth(switches):
+    """Every variant of depth 38 spans 1..38 on the depth axis, whatever it adds between its
+    convs; the conv and linear layers take the integers in order, the rest sit at +0.5."""
+    layers = layers_of(38, **switches)
+    x = depth_positions(layers)
+    assert x == sorted(x) and x[0] == 1.0 and x[-1] == 38.0
+    integers = [p for p in x if p.is_integer()]
+    assert integers == [float(k) for k in range(1, 39)]
+    assert all(p.is_integer() == (name.endswith(("conv_0", "conv_1", "linear_layer"))
+                                  and not name.startswith("aux")) for p, name in zip(x, layers))
+    assert np.array_equal(Fg.depth_positions(layers), np.array(x))
+    plain = dict(zip(layers_of(38), depth_positions(layers_of(38))))
+    assert all(plain[name] == p for name, p in zip(layers, x) if name in plain)  # same depth, same name
+
+
+def test_depth_positions_by_name():
+    names = ["input_conv_conv_0", "input_conv_bn_0", "dense_0_1_transition", "block_0_1_conv_0",
+             "block_0_1_conv_0_bias", "aux_head_0_linear", "logit_linear_layer"]
+    assert depth_positions(names) == [1.0, 1.5, 1.5, 2.0, 2.5, 2.5, 3.0]
+    assert depth_positions([]) == []
+
+
+def test_depth_ticks_label_the_convs_and_thin_them():
+    layers = layers_of(38, batch_norm=True)
+    ticks, names = Fg.depth_ticks(layers)
+    assert ticks == [float(k) for k in range(1, 39)] and names[0] == "input_conv_conv_0"
+    assert names[-1] == "logit_linear_layer" and not any("bn" in n for n in names)
+    ticks, names = Fg.depth_ticks(layers, max_labels=10)
+    assert len(ticks) <= 11 and ticks[0] == 1.0 and ticks[-1] == 38.0
+    assert names[-1] == "logit_linear_layer"
+    assert Fg.depth_ticks([]) == ([], [])
+
+
+def test_positive_makes_gaps_for_a_log_axis():
+    v = Fg.positive([1e-18, 0, -1, float("nan"), float("inf"), "x", 2])
+    assert v[0] == 1e-18 and v[-1] == 2
+    assert np.isnan(v[1:6]).all()
+    assert Fg.positive(pd.Series([], dtype=float)).size == 0
+
+
+def test_layer_labels_in_forward_order():
+    table = pd.DataFrame({"epoch": [1, 1, 0, 0], "layer_index": [1, 0, 1, 0],
+                          "layer": ["b", "a", "b", "a"]})
+    assert Fg.layer_labels(table) == ["a", "b"]
+
+
+def test_variant_colours_distinct_and_stable():
+    names = [f"V{i}" for i in range(10)]
+    colours = Fg.variant_colours(names)
+    assert list(colours) == names and len(set(colours.values())) == 10
+    assert Fg.variant_colours(names[:3]) == {n: colours[n] for n in names[:3]}  # params order
+    many = Fg.variant_colours([f"V{i}" for i in range(15)])
+    assert len(set(many.values())) == 15
+
+
+def test_run_summary_lists_every_distinct_value():
+    metrics = [{"data_source": "synthetic", "epochs": 3, "device": "cpu"},
+               {"data_source": "synthetic", "epochs": 5, "device": "cpu"}]
+    assert Fg.run_summary(metrics) == "data: synthetic, epochs: 3, 5, device: cpu"
+    assert Fg.run_summary([]) == "data: n/a, epochs: n/a, device: n/a"
+
+
+def test_same_curves_groups_identical_initialisations():
+    a, b = ["l0", "l1"], np.array([1e-3, np.nan])
+    groups = Fg.same_curves({"X": (a, b), "Y": (a, b.copy()), "Z": (a, b * 2), "W": (["l0"], b[:1])})
+    assert groups == [["X", "Y"], ["Z"], ["W"]]
+
+
+def fake_run(name: str, epochs: int, layers: list[str], grad: float, verdict: str | None = None) -> dict:
+    history = pd.DataFrame({"epoch": range(1, epochs + 1), "train_loss": np.linspace(4.6, 4.0, epochs),
+                            "val_loss": 4.5, "train_acc": 0.05, "val_acc": 0.04})
+    flow = pd.DataFrame([{"variant": name, "epoch": e, "layer_index": i, "layer": layer,
+                          "mean_abs_grad": grad * (i + 1) * (e + 1), "act_std": 1.0,
+                          "depth": d}
+                         for e in (0, epochs) for i, (layer, d) in enumerate(zip(layers, depth_positions(layers)))])
+    metrics = {"data_source": "synthetic", "epochs": epochs, "device": "cpu", "status": "ok"}
+    if verdict:
+        metrics["verdict"] = verdict
+    return {"metrics": metrics, "history": history, "capture": pd.DataFrame(), "flow": flow}
+
+
+@pytest.fixture
+def drawn(tmp_path, monkeypatch) -> dict:
+    """Figures drawn into tmp_path; name -> the matplotlib figure, kept open for inspection."""
+    figures = {}
+    monkeypatch.setattr(Fg, "OUT", tmp_path)
+
+    def keep(fig, name):
+        figures[name] = fig
+        fig.savefig(tmp_path / name, dpi=40)
+        return tmp_path / name
+    monkeypatch.setattr(Fg, "save", keep)
+    yield figures
+    for fig in figures.values():
+        Fg.plt.close(fig)
+
+
+def test_training_curves_reference_dashed_over_our_epochs(drawn):
+    runs = {"VGG_08": fake_run("VGG_08", 3, ["c_conv_0"], 1e-3, "learns"),
+            "VGG_38": fake_run("VGG_38", 3, ["c_conv_0"], 1e-3, "stuck at chance")}
+    reference = {name: pd.DataFrame({"epoch": range(1, 101), "train_loss": 4.0, "val_loss": 4.0,
+                                     "train_acc": 0.1, "val_acc": 0.1}) for name in ("VGG_08", "VGG_38")}
+    colours = Fg.variant_colours(list(runs))
+    Fg.training_curves(runs, reference, colours)
+    fig = drawn["training_curves.png"]
+    loss_ax = fig.axes[0]
+    lines = {line.get_label(): line for line in loss_ax.get_lines()}
+    assert lines["VGG_08: learns"].get_linestyle() == "-"
+    assert lines["VGG_38: stuck at chance"].get_color() == colours["VGG_38"]
+    ref = lines["reference VGG_08 (coursework)"]
+    assert ref.get_linestyle() == "--" and list(ref.get_xdata()) == [1, 2, 3]  # its first epochs
+    assert ref.get_color() == colours["VGG_08"]
+    assert any(list(line.get_ydata()) == [Fg.CHANCE_LOSS] * 2 for line in loss_ax.get_lines())
+    acc_ax = fig.axes[3]
+    assert any(list(line.get_ydata()) == [Fg.CHANCE_ACC] * 2 for line in acc_ax.get_lines())
+    assert [int(t) for t in loss_ax.get_xticks() if 1 <= t <= 3] == [1, 2, 3]
+
+
+def test_gradient_flow_aligned_by_depth_and_no_variant_hidden(drawn):
+    plain, bn = layers_of(38), layers_of(38, batch_norm=True)
+    runs = {"VGG_38": fake_run("VGG_38", 2, plain, 1e-9),
+            "VGG_38_BN": fake_run("VGG_38_BN", 2, bn, 1e-2),
+            "VGG_38_BN_lr1e2": fake_run("VGG_38_BN_lr1e2", 2, bn, 1e-2)}
+    Fg.gradient_flow(runs, Fg.variant_colours(list(runs)))
+    fig = drawn["gradient_flow.png"]
+    init_ax = [ax for ax in fig.axes if "initialisation" in ax.get_title()][0]
+    labels = [line.get_label() for line in init_ax.get_lines()]
+    assert labels == ["VGG_38", "VGG_38_BN = VGG_38_BN_lr1e2 (same network at init)"]
+    for line in init_ax.get_lines():
+        assert max(line.get_xdata()) == 38.0
+    bn_ax = [ax for ax in fig.axes if ax.get_title().startswith("VGG_38_BN (")][0]
+    ticks = [t.get_text() for t in bn_ax.get_xticklabels()]
+    assert ticks[0] == "input_conv_conv_0" and ticks[-1] == "logit_linear_layer" and len(ticks) == 38
+    assert min(t.get_fontsize() for t in bn_ax.get_xticklabels()) >= 7
+    colours = {line.get_label(): line.get_color() for line in bn_ax.get_lines()}
+    assert len(set(map(str, colours.values()))) == 2 and set(colours) == {"epoch 0 (init)", "epoch 2"}
+    assert {line.get_linestyle() for line in bn_ax.get_lines()} == {"-"}
+
+
+def test_training_curves_clip_the_reference_by_history_without_run_details(drawn):
+    """Metrics without `epochs` (run details missing): the reference is still clipped to the
+    epochs our history holds, so 3 epochs are not squeezed beside the reference's 100."""
+    run = fake_run("VGG_08", 3, ["c_conv_0"], 1e-3)
+    run["metrics"] = {}
+    reference = {"VGG_08": pd.DataFrame({"epoch": range(1, 101), "train_loss": 4.0, "val_loss": 4.0,
+                                         "train_acc": 0.1, "val_acc": 0.1})}
+    Fg.training_curves({"VGG_08": run}, reference, Fg.variant_colours(["VGG_08"]))
+    ax = drawn["training_curves.png"].axes[0]
+    ref = [line for line in ax.get_lines() if line.get_label().startswith("reference")][0]
+    assert list(ref.get_xdata()) == [1, 2, 3] and ax.get_xlim() == (0.5, 3.5)
+    assert "data: n/a" in drawn["training_curves.png"]._suptitle.get_text()

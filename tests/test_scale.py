@@ -105,28 +105,40 @@ def stop_workers(repo: Path) -> None:
 
 @pytest.mark.slow
 def test_queued_grid_runs_on_two_workers(repo: Path):
-    # A grid of two learning rates, run by two parallel workers, each in its own temporary
-    # workspace (.dvc/tmp/exps), as the README shows.
+    """A grid of two learning rates, queued and run as the README shows, each experiment in its
+    own temporary workspace (.dvc/tmp/exps).
+
+    Strict: every queued experiment ends Success with its own results, and the workspace is left
+    alone. Two parallel workers sometimes fail a task before it runs anything, with no log
+    (treeverse/dvc#10673): then the failed task must show no error of ours, the README's
+    recovery runs what is left on one worker and must succeed, and the test reports XFAIL. So
+    it passes only when two workers did the whole grid themselves. (A task left Queued after
+    the workers exit, treeverse/dvc#10562, fails it on the timeout.)"""
     dvc("exp", "run", "--queue", "-S", "train.lr=0.002,0.005", "train@VGG_08", cwd=repo)
     assert sorted(queue_tasks(repo).values()) == ["Queued", "Queued"]
+    two_workers_failed = None
     try:
         dvc("queue", "start", "-j", "2", cwd=repo)
         deadline = time.monotonic() + QUEUE_TIMEOUT_S
         tasks = wait_for_queue(repo, deadline)
-        # Parallel workers sometimes fail a task before it runs (treeverse/dvc#10673): the
-        # README's recovery, once, on one worker. A real failure fails again and the test.
-        failed = [name for name, state in tasks.items() if state == "Failed"]
+        failed = [name for name, state in tasks.items() if state != "Success"]
         if failed:
             logs = {name: dvc("queue", "logs", name, cwd=repo, check=False).stdout for name in failed}
-            print(f"queue: failed on the first try: {logs}")
+            two_workers_failed = f"{tasks}; logs of the failed: {logs}"
+            print(f"queue: two workers did not finish the grid: {two_workers_failed}")
+            # DVC's race, not our stage: a traceback or error line of ours is a real failure.
+            ours = {n: log for n, log in logs.items()
+                    if "error: " in log or "stages/" in log or "gradflow/" in log}
+            assert not ours, f"the stage itself failed in the queue: {ours}"
             done = {e["params"]["train"]["lr"] for e in experiments(repo).values() if e["metrics"]}
             missing = sorted({0.002, 0.005} - done)
+            assert missing, f"tasks {failed} failed, yet both experiments have metrics"
             dvc("queue", "remove", "--failed", cwd=repo)
             dvc("exp", "run", "--queue", "-S", f"train.lr={','.join(map(str, missing))}",
                 "train@VGG_08", cwd=repo)
             dvc("queue", "start", "-j", "1", cwd=repo)
             tasks = wait_for_queue(repo, deadline)
-        assert sorted(tasks.values()) == ["Success", "Success"], tasks
+            assert set(tasks.values()) == {"Success"}, tasks  # the recovery must work, on one worker
     finally:
         stop_workers(repo)
 
@@ -139,6 +151,9 @@ def test_queued_grid_runs_on_two_workers(repo: Path):
     assert done[0.002]["final"]["train_loss"] != done[0.005]["final"]["train_loss"]
     # And the workspace was left alone: queued experiments run in their own copies.
     assert not (repo / "metrics/VGG_08.json").exists()
+    if two_workers_failed:
+        pytest.xfail(f"two parallel queue workers failed a task (treeverse/dvc#10673); "
+                     f"one worker then ran the grid: {two_workers_failed[:300]}")
 
 
 def experiments(repo: Path) -> dict[str, dict]:

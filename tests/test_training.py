@@ -8,6 +8,7 @@ The training runs share one small config: VGG_08 at 8 filters on 1,000 synthetic
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -22,12 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import PYTHON, copy_project, stage, write_params
-from gradflow.capture import COLUMNS, GradientCapture
-from gradflow.data import Augment, Split
+from gradflow.capture import COLUMNS, GradientCapture, first_last_conv_ratio
+from gradflow.data import Augment, Dataset, Split, synthetic
 from gradflow.probe import probe
-from gradflow.model import VGG, probed_parameters
-from gradflow.params import ModelParams, Variant
-from gradflow.training import evaluate
+from gradflow.model import VGG, depth_positions, probed_parameters
+from gradflow.params import ModelParams, Variant, parse
+from gradflow.training import evaluate, loss_fn
 
 VARIANT = "VGG_08"
 DIVERGE = "VGG_08_DIVERGE"
@@ -39,9 +40,11 @@ PARAMS = {
     "model": {"filters": 8},
     "train": {"epochs": 4},
     "variants": {VARIANT: {"depth": 8}, DIVERGE: {"depth": 8, "lr": DIVERGE_LR}},
-    "gradients": {"epochs": [0, 2, "last"], "probe_size": 50},
+    # A snapshot at every epoch, so models/V.pt can be compared with the snapshot of whichever
+    # epoch turns out best.
+    "gradients": {"epochs": [0, 1, 2, 3, "last"], "probe_size": 50},
 }
-SNAPSHOTS = [0, 2, 4]
+SNAPSHOTS = [0, 1, 2, 3, 4]
 TIMING_METRICS = ("seconds_per_epoch", "images_per_second")
 TIMING_COLUMNS = ("epoch_seconds",)
 METRIC_SPLITS = ("train_loss", "train_acc", "val_loss", "val_acc")
@@ -146,9 +149,8 @@ def test_train_writes_every_output(trained):
     model = VGG(Variant(**config["variant"]), ModelParams(**config["model"]))
     model.load_state_dict(saved["model"])
     assert saved["best_epoch"] == m["best_epoch"]
-    snapshot = out["workdir"] / f"epoch_{m['best_epoch']:03d}.pt"
-    if snapshot.exists():  # best epoch is a snapshot epoch: the very same weights
-        assert_same_weights(saved["model"], weights(snapshot))
+    # Every epoch has a snapshot (PARAMS): the saved weights are exactly the best epoch's.
+    assert_same_weights(saved["model"], weights(out["workdir"] / f"epoch_{m['best_epoch']:03d}.pt"))
     data = torch.load(trained / "data" / "dataset.pt", weights_only=True)
     t = config["train"]
     test = evaluate(model, Split(data["test_images"], data["test_labels"]),
@@ -174,13 +176,14 @@ def test_train_writes_every_output(trained):
     capture = pd.read_csv(out["capture"])
     assert tuple(capture.columns) == COLUMNS == (
         "variant", "epoch", "step", "layer_index", "layer", "mean_abs_grad", "grad_norm",
-        "max_abs_grad", "weight_norm", "update_ratio")
+        "max_abs_grad", "weight_norm", "update_ratio", "depth")
     layers = [name for name, _ in probed_parameters(model)]
     steps_per_epoch = 1000 // 100  # train images / batch size; auto samples every step here
     assert sorted(capture["epoch"].unique()) == [1, 2, 3, 4]
     assert len(capture) == 4 * steps_per_epoch * len(layers)
     for (epoch, step), rows in capture.groupby(["epoch", "step"]):
         assert rows["layer"].tolist() == layers and rows["layer_index"].tolist() == list(range(len(layers)))
+        assert rows["depth"].tolist() == depth_positions(layers)
         assert (epoch - 1) * steps_per_epoch <= step < epoch * steps_per_epoch
     assert capture[["mean_abs_grad", "grad_norm", "max_abs_grad", "weight_norm"]].gt(0).all().all()
     assert (capture["mean_abs_grad"] <= capture["max_abs_grad"]).all()
@@ -228,8 +231,8 @@ def test_capture_matches_direct_computation():
         for i, (name, stats) in enumerate(zip(names, direct)):
             row = next(rows)
             assert row[:4] == (3, step, i, name)
-            assert row[4:] == pytest.approx(stats, rel=1e-5)
-            assert row[-1] > 0  # Adam moved every probed tensor
+            assert row[4:9] == pytest.approx(stats, rel=1e-5)
+            assert row[8] > 0  # Adam moved every probed tensor
 
 
 def test_probe_matches_direct_computation():
@@ -242,7 +245,8 @@ def test_probe_matches_direct_computation():
 
         direct = copy.deepcopy(model).train()
         logits, aux = direct(x)
-        assert len(aux) == (2 if aux else 0)
+        # deep supervision: one auxiliary head after each stage but the last (3 stages)
+        assert len(aux) == (2 if switches.get("deep_supervision") else 0)
         loss = F.cross_entropy(logits, y) + sum(aux_weight / len(aux) * F.cross_entropy(a, y) for a in aux)
         loss.backward()
         entry = direct.input_conv.conv_0(x)
@@ -256,6 +260,89 @@ def test_probe_matches_direct_computation():
         acts = dict((r[0], r[2]) for r in rows)["input_conv_conv_0"]
         assert acts == pytest.approx([entry.mean().item(), entry.std().item(),
                                       (entry <= 0).float().mean().item()], rel=1e-4)
+
+
+# The names probed_parameters gives a small VGG_08 with biases (the order of the model).
+NAMES = ["input_conv_conv_0", "input_conv_bn_0", "input_conv_conv_0_bias", "reduction_block_0_conv_0",
+         "reduction_block_0_conv_1", "reduction_block_2_conv_1", "reduction_block_2_conv_1_bias",
+         "logit_linear_layer"]
+
+
+def capture_rows(epoch: int, step: int, mean_abs: dict[str, float]) -> list[tuple]:
+    """Capture rows (epoch, step, layer_index, layer, mean_abs_grad, ..., depth) for these layers."""
+    return [(epoch, step, NAMES.index(name), name, value, 1.0, 1.0, 1.0, 0.1, float(NAMES.index(name)))
+            for name, value in mean_abs.items()]
+
+
+def test_first_last_conv_ratio_uses_the_first_and_last_conv_in_model_order():
+    rows = capture_rows(1, 0, {"logit_linear_layer": 100.0, "reduction_block_2_conv_1_bias": 50.0,
+                               "reduction_block_2_conv_1": 4.0, "reduction_block_0_conv_0": 7.0,
+                               "input_conv_conv_0_bias": 9.0, "input_conv_bn_0": 3.0,
+                               "input_conv_conv_0": 1.0})
+    rows += capture_rows(2, 5, {"input_conv_conv_0": 6.0, "reduction_block_2_conv_1": 2.0})
+    # Rows in any order; biases, batch norm and the linear layer are not convs.
+    assert first_last_conv_ratio(rows[::-1], NAMES, (1, 0)) == 0.25
+    assert first_last_conv_ratio(rows, NAMES, (2, 5)) == 3.0  # only that step's rows count
+    # "first" and "last" follow `names`, not the rows: reversed names swap them.
+    assert first_last_conv_ratio(rows, NAMES[::-1], (1, 0)) == 4.0
+
+
+def test_first_last_conv_ratio_is_none_when_it_cannot_be_computed():
+    both = {"input_conv_conv_0": 1.0, "reduction_block_2_conv_1": 4.0}
+    rows = capture_rows(1, 0, both)
+    assert first_last_conv_ratio(rows, NAMES, (1, 1)) is None  # no such step
+    assert first_last_conv_ratio(capture_rows(1, 0, {"input_conv_conv_0": 1.0}), NAMES, (1, 0)) is None
+    assert first_last_conv_ratio(capture_rows(1, 0, {"reduction_block_2_conv_1": 1.0}), NAMES, (1, 0)) is None
+    assert first_last_conv_ratio(rows, ["input_conv_conv_0", "logit_linear_layer"], (1, 0)) is None  # one conv
+    assert first_last_conv_ratio([], NAMES, (1, 0)) is None
+    # A zero last gradient would divide by zero; NaN and inf (a diverged run) are not JSON.
+    for first, last in ((1.0, 0.0), (0.0, 0.0), (math.nan, 1.0), (1.0, math.nan), (math.inf, 1.0)):
+        rows = capture_rows(1, 0, {"input_conv_conv_0": first, "reduction_block_2_conv_1": last})
+        assert first_last_conv_ratio(rows, NAMES, (1, 0)) is None, (first, last)
+    # A vanished first-layer gradient is a real measurement: 0, not None.
+    rows = capture_rows(1, 0, {"input_conv_conv_0": 0.0, "reduction_block_2_conv_1": 4.0})
+    assert first_last_conv_ratio(rows, NAMES, (1, 0)) == 0.0
+
+
+def test_loss_fn_weights_the_auxiliary_heads():
+    g = torch.Generator().manual_seed(3)
+    logits, a1, a2 = (torch.randn(6, 100, generator=g) for _ in range(3))
+    y = torch.randint(100, (6,), generator=g)
+    ce = (lambda z: F.cross_entropy(z, y, reduction="sum"))
+    total, main = loss_fn(logits, [a1, a2], y, 0.3, 6)
+    assert main == pytest.approx(ce(logits).item(), rel=1e-6)
+    assert total.item() == pytest.approx((ce(logits) + 0.15 * (ce(a1) + ce(a2))).item() / 6, rel=1e-6)
+    assert loss_fn(logits, [], y, 0.3, 6)[0].item() == pytest.approx(ce(logits).item() / 6, rel=1e-6)
+
+
+def test_aux_weight_decays_linearly_over_the_epochs(monkeypatch):
+    """Deep supervision: the weight of the auxiliary losses in epoch e of E is
+    aux_weight * (1 - (e - 1) / E), the same for every step of the epoch, observed on the
+    weights `fit` hands to the loss."""
+    import gradflow.training as training
+
+    real = training.loss_fn
+    seen: list[tuple[int, float]] = []  # (number of aux heads, aux weight) per step
+
+    def spy(*args, **kwargs):
+        bound = inspect.signature(real).bind(*args, **kwargs).arguments
+        seen.append((len(bound["aux"]), bound["aux_weight"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "loss_fn", spy)
+    epochs, steps = 4, 2
+    cfg = parse({"model": {"filters": 4},
+                 "train": {"epochs": epochs, "batch_size": 20, "device": "cpu", "eval_batch_size": 20},
+                 "gradients": {"epochs": [0]},
+                 "variants": {"DSN": {"depth": 8, "deep_supervision": True, "aux_weight": 0.4}}}).run("DSN")
+    x, y = synthetic(80, 0, stream=0)
+    dataset = Dataset(Split(x[:40], y[:40]), Split(x[40:60], y[40:60]), Split(x[60:], y[60:]),
+                      [f"c{i}" for i in range(100)], "synthetic")
+    result = training.fit(cfg, dataset, capture=False)
+    assert result.status == "ok" and len(result.history) == epochs
+    expected = [0.4 * (1 - (e - 1) / epochs) for e in range(1, epochs + 1) for _ in range(steps)]
+    assert [n for n, _ in seen] == [2] * len(expected)
+    assert [w for _, w in seen] == pytest.approx(expected)  # 0.4, 0.3, 0.2, 0.1
 
 
 # --- determinism and resume -----------------------------------------------------------------
@@ -313,7 +400,7 @@ def test_resume_after_kill_matches_uninterrupted_run(trained, tmp_path):
 
     # A checkpoint made with other params is not resumed: training starts from scratch.
     ckpt.write_bytes(saved)
-    write_params(project, _merge(PARAMS, {"train": {"epochs": 2}}))
+    write_params(project, _merge(PARAMS, {"train": {"epochs": 2}, "gradients": {"epochs": [0, "last"]}}))
     fresh = stage("train", VARIANT, cwd=project)
     assert "made with other params" in fresh.stderr and "resuming after" not in fresh.stderr
     assert "epoch 1/2" in fresh.stderr
