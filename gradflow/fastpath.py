@@ -31,7 +31,8 @@ import sys
 
 import torch
 
-from gradflow.training import loss_fn, uses_bf16
+from gradflow.loss import loss_fn
+from gradflow.device import uses_bf16
 
 MODES = ("eager", "compile", "reduce-overhead", "graph")
 
@@ -122,6 +123,11 @@ class TrainStep:
         return t
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, aux_weight: float, denominator: float):
+        if self.mode == "eager":  # exactly the eager loop's step, Python floats and all
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, logits, main_sum = self._forward_loss(x, y, aux_weight, denominator)
+            loss.backward()
+            return logits, main_sum.detach()
         aux_w, denom = self._scalar("aux_weight", aux_weight), self._scalar("denominator", denominator)
         if self.mode == "graph" and self.model.training:
             if self.graph is None:

@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 
 from gradflow import params as P  # noqa: E402
 from gradflow import paths  # noqa: E402
+from gradflow.errors import DataError  # noqa: E402
 from gradflow.files import atomic_write, read_json, torch_load  # noqa: E402
 from gradflow.model import depth_positions as _depth_positions  # noqa: E402
 
@@ -64,6 +65,9 @@ def read_csv(path: Path) -> pd.DataFrame:
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: not a readable table ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                        f"rerun the stage that writes it (dvc repro -f <stage>)") from None
 
 
 def load_runs(names: list[str]) -> dict[str, dict]:

@@ -70,7 +70,9 @@ class TrainParams:
     # auto: bf16 autocast on CUDA, fp32 elsewhere. bf16 on a CPU with native bf16 (AVX512-BF16,
     # AMX) is ~1.9x faster for VGG_38; on one without it can be slower, so only `bf16` picks it.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: Literal["auto", True, False] = False  # torch.compile the model; auto: see gradflow.training
+    # false: eager; true: torch.compile; "reduce-overhead": compile with CUDA graphs; "graph": the
+    # whole step as one CUDA graph; auto: eager until measured on a GPU (gradflow/fastpath.py)
+    compile: Literal["auto", True, False, "reduce-overhead", "graph"] = False
     channels_last: Literal["auto", True, False] = "auto"  # auto: on CUDA and CPU, not MPS
     distributed: bool = False  # the train stage relaunches itself under torchrun (DDP)
 
@@ -397,7 +399,9 @@ def load_resolved(path: Path | str, cls=None):
     return _build(cls, raw, str(path))
 
 
-def load(path: Path | str = PARAMS_FILE) -> Params:
+def load(path: Path | str = PARAMS_FILE, dvc_yaml: Path | None = None) -> Params:
+    """params.yaml, parsed and validated. The check stage passes `dvc_yaml` as well, to refuse a
+    key that a stage declares there but the file lacks (the other stages do not read dvc.yaml)."""
     try:
         raw = yaml.load(Path(path).read_text(), Loader=_Loader)
     except FileNotFoundError:
@@ -413,7 +417,8 @@ def load(path: Path | str = PARAMS_FILE) -> Params:
     if missing:  # dvc.yaml declares them: DVC would stop on a missing one, after deleting outputs
         raise ParamsError(f"{missing[0]}: section missing from {path} (every one of "
                           f"{', '.join(SECTIONS)} is required; an empty one takes the defaults)")
-    _require_declared(raw, Path(path).with_name("dvc.yaml"), path)
+    if dvc_yaml is not None:
+        _require_declared(raw, dvc_yaml, path)
     return parse(raw)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+DVC_YAML = Path("dvc.yaml")
 
 DATA = Path("data")
 RAW = DATA / "raw"                       # the CIFAR-100 archive, the user's or downloaded

@@ -14,7 +14,7 @@ import torch
 
 from gradflow.capture import COLUMNS, grad_stats
 from gradflow.model import VGG, probed_parameters
-from gradflow.training import loss_fn
+from gradflow.loss import loss_fn
 
 ACTIVATION_COLUMNS = ("act_mean", "act_std", "act_nonpos_frac")
 PROBE_COLUMNS = COLUMNS + ACTIVATION_COLUMNS

@@ -1,9 +1,11 @@
 """The training loop shared by the train and sweep stages.
 
-Read top to bottom: pick a device, put the uint8 dataset on it, build the model and the
-optimizer, maybe resume from a checkpoint, then for each epoch augment the whole training set
-with a few tensor ops, take optimizer steps without syncing with the host, evaluate, and keep
-the best-validation weights. The host reads the device once per epoch.
+`fit` runs the steps of `Training`, which read top to bottom: build (pick a device, put the
+uint8 dataset on it, build the model and the optimizer), restore (resume from a checkpoint, or
+start over), one epoch (augment the whole training set with a few tensor ops, take optimizer
+steps without syncing with the host), end of epoch (evaluate, keep the best-validation
+weights, save; stop on divergence: see `diverged`), finish (the test set). The host reads the
+device once per epoch.
 
 Under torchrun (WORLD_SIZE > 1) each process takes its shard of every global batch and
 DistributedDataParallel all-reduces the gradients; only rank 0 writes anything.
@@ -24,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from gradflow import fastpath
+from gradflow.loss import aux_weight_at, loss_fn  # noqa: F401  (loss_fn: the probe uses it too)
+from gradflow.device import autocast, pick_device, uses_bf16  # noqa: F401  (pick_device: re-exported)
 from gradflow.capture import GradientCapture, first_last_conv_ratio
 from gradflow.data import Augment, Dataset, Split
 from gradflow.errors import DataError
@@ -31,19 +36,6 @@ from gradflow.files import require_keys, torch_load, torch_save
 from gradflow.model import VGG, probed_parameters
 from gradflow.params import RunConfig, device_error
 from gradflow.verdict import verdict
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device_error(name)  # a device this machine lacks: the ParamsError the check stage gives
-    if name == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
 
 
 @dataclass
@@ -199,16 +191,6 @@ def _round(x: float | None, digits: int = 6) -> float | None:
     return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
 
 
-def loss_fn(logits: torch.Tensor, aux: list[torch.Tensor], labels: torch.Tensor,
-            aux_weight: float, denominator: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss to minimise, main-head loss summed over the batch). Losses are sums divided by the
-    global batch size, so DDP's gradient averaging over equal shards gives the global mean."""
-    main = F.cross_entropy(logits.float(), labels, reduction="sum")
-    total = main
-    for a in aux:  # deep supervision: companion losses, their weight decaying over training
-        total = total + aux_weight / len(aux) * F.cross_entropy(a.float(), labels, reduction="sum")
-    return total / denominator, main.detach()
-
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, split: Split, augment: Augment, batch_size: int,
@@ -227,17 +209,6 @@ def evaluate(model: torch.nn.Module, split: Split, augment: Augment, batch_size:
         correct += (logits.argmax(1) == y).sum()
     n = max(1, len(split))
     return {"loss": loss.item() / n, "acc": correct.item() / n}
-
-
-def uses_bf16(device: torch.device, precision: str) -> bool:
-    """train.precision: auto is bf16 on CUDA (tensor cores, no loss scaling), fp32 elsewhere."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
-
-
-def autocast(device: torch.device, precision: str):
-    # Autocast runs convs and matmuls in bf16 and keeps the parameters, their gradients and the
-    # optimizer in fp32. bf16 has fp32's exponent range, so gradients of 1e-18 stay resolvable.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
 def capture_every(cfg: RunConfig, steps_per_epoch: int) -> int:
@@ -302,7 +273,8 @@ class Training:
     snapshots: set[int]
     ckpt: Checkpoint
     result: Result
-    step_model: torch.nn.Module | None = None  # the model as the steps call it (DDP, compiled)
+    step_model: torch.nn.Module | None = None  # the model as the steps call it (DDP)
+    train_step: "fastpath.TrainStep | None" = None  # zero_grad, forward, loss, backward
     start_epoch: int = 0
     train_seconds: float = 0.0
     best_acc: float = -1.0
@@ -382,8 +354,9 @@ class Training:
         if self.dist.world > 1:
             self.step_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if self.cfg.train.compile:
-            self.step_model = torch.compile(self.step_model)
+        self.train_step = fastpath.TrainStep(
+            self.step_model, self.optimizer, self.device, self.cfg.train.precision,
+            mode=fastpath.resolve(self.cfg.train.compile, self.device, self.dist.world))
 
     # --- 3. one epoch: augment the training set, take the optimizer steps -------------------
 
@@ -392,7 +365,7 @@ class Training:
         t, dist, device = self.cfg.train, self.dist, self.device
         started = time.perf_counter()
         self.model.train()
-        aux_weight = self.cfg.variant.aux_weight * (1 - (epoch - 1) / t.epochs)
+        aux_weight = aux_weight_at(self.cfg.variant.aux_weight, epoch, t.epochs)
         images, perm = self.augment.epoch(self.train_x, torch.Generator().manual_seed(t.seed * 1_000_003 + epoch))
         labels = self.train_y[perm]
         n, batch = len(self.train_y), t.batch_size
@@ -407,11 +380,7 @@ class Training:
             y = labels[lo + dist.rank:lo + batch:dist.world]
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, t.precision):
-                logits, aux = self.step_model(x)
-            loss, main_sum = loss_fn(logits, aux, y, aux_weight, min(batch, n - lo) / dist.world)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            logits, main_sum = self.train_step(x, y, aux_weight, min(batch, n - lo) / dist.world)
             sample = capture and dist.main and self.grad_capture.wants(i)
             if sample:
                 self.grad_capture.before_step((epoch - 1) * steps_per_epoch + i)

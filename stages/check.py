@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
     # No torch here: the check runs first in every `dvc exp run`, so it takes a fraction of a second.
     parser = argparse.ArgumentParser(prog="python -m stages.check", description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    params = P.load()
+    params = P.load(dvc_yaml=paths.DVC_YAML)
     P.device_error(params.train.device)  # a device this machine lacks (imports torch only then)
     configs = {paths.data_config(): json.dumps(dataclasses.asdict(params.data), indent=1,
                                                sort_keys=True) + "\n"}

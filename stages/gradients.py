@@ -27,7 +27,7 @@ from gradflow.errors import DataError
 from gradflow.files import torch_load, write_csv
 from gradflow.model import VGG, depth_positions
 from gradflow.probe import PROBE_COLUMNS, probe
-from gradflow.training import pick_device
+from gradflow.device import pick_device
 
 
 @cli
@@ -66,6 +66,8 @@ def main(argv: list[str]) -> None:
         try:
             model.load_state_dict(torch_load(path, f"rerun its training (dvc repro -f train@{cfg.name})",
                                              map_location=device)["model"])
+        except DataError:
+            raise  # the file itself is unreadable: torch_load's line names it
         except (RuntimeError, KeyError) as e:
             raise DataError(f"{path}: not a snapshot of variant {cfg.name} ({e})") from None
         aux_weight = cfg.variant.aux_weight * (1 - epoch / t.epochs)

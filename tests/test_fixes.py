@@ -168,6 +168,7 @@ def test_the_small_net_vanishes_too(stream):
     assert plain["first"] / plain["last"] < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["none", *FIXES])
 def test_only_a_fix_lets_adam_move_the_first_conv(stream, name):
     """10 steps. Measured: plain 0 exactly; the fixes 1.3e-2 (he) to 4.2e-2, seeds 0-2."""
@@ -178,6 +179,7 @@ def test_only_a_fix_lets_adam_move_the_first_conv(stream, name):
         assert moved > 1e-3, f"{name}: first conv moved {moved:.3g}"
 
 
+@pytest.mark.slow
 def test_deep_supervision_main_head_stays_blind(stream):
     """The companion heads train the first conv, but after 30 steps the main head's logits
     are still the same for every image (measured 0 in seeds 0-2; ~1e-8 after 60 steps)."""
