@@ -44,7 +44,7 @@ CHANCE_LOSS = math.log(100)  # cross-entropy of a uniform guess over CIFAR-100's
 CHANCE_ACC = 0.01
 MAX_DEPTH_LABELS = 40  # per-layer names on a depth axis: at most this many, the rest thinned
 SWEEP_COLUMNS = ["depth", "fix", "verdict", "final_train_loss", "best_val_acc",
-                 "log10_grad_ratio_init", "log10_grad_ratio_final"]  # as in metrics/sweep/*.json
+                 "log10_grad_ratio_init", "log10_grad_ratio_final", "log10_grad_ratio_predicted"]  # as in metrics/sweep/*.json
 FIGURES = {  # file -> what results.md calls it
     "training_curves.png": "Figure 1: training curves",
     "gradient_flow.png": "Figure 2: gradient flow per layer",
@@ -335,6 +335,11 @@ def gradient_flow(runs: dict, colours: dict) -> Path:
             ax.plot(flow_depth(rows), positive(rows["mean_abs_grad"]), marker="o", ms=2.5,
                     lw=1.3, color=epoch_colour[int(epoch)],
                     label="epoch 0 (init)" if epoch == 0 else f"epoch {int(epoch)}")
+        init = flow[flow["epoch"] == 0]
+        if "predicted_mean_abs_grad" in init and init["predicted_mean_abs_grad"].notna().any():
+            # the mean-field prediction from the architecture and init alone (gradflow/theory.py)
+            ax.plot(flow_depth(init), positive(init["predicted_mean_abs_grad"]), ls="--", lw=1.3,
+                    color="black", label="epoch 0 predicted (mean field)")
         ticks, names = depth_ticks(layer_labels(flow))
         ax.set_yscale("log")
         ax.set_xticks(ticks)
@@ -450,6 +455,10 @@ def depth_sweep(sweep: pd.DataFrame, metrics: list[dict]) -> Path:
                      color=fix_colours[fix], label=fix)
         ratio_ax.plot(rows["depth"], positive(10.0 ** pd.to_numeric(rows["log10_grad_ratio_init"])),
                       marker="o", color=fix_colours[fix], label=fix)
+        predicted = positive(10.0 ** pd.to_numeric(rows["log10_grad_ratio_predicted"]))
+        if np.isfinite(predicted).any():  # the mean-field prediction, where the fix has one
+            ratio_ax.plot(rows["depth"], predicted, ls="--", marker="x", color=fix_colours[fix],
+                          label=f"{fix}, predicted (mean field)")
         for _, r in rows[rows["verdict"] == "diverged"].iterrows():  # say so on the point
             loss_ax.annotate("diverged", (r["depth"], CHANCE_LOSS), fontsize=7)
     loss_ax.axhline(CHANCE_LOSS, color="black", ls=":", lw=1, label="chance, ln(100)")

@@ -59,6 +59,10 @@ class TrainParams:
     batch_size: int = field(default=100, metadata=_check(1))
     lr: float = field(default=1e-3, metadata=_check(0, exclusive_min=True))
     weight_decay: float = field(default=0.0, metadata=_check(0))
+    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: momentum 0.9, no per-parameter scaling
+    # Adam divides by sqrt(v) + eps: gradients far below eps (VGG_38's first layers: 1e-18)
+    # get updates of ~lr * g / eps, i.e. none. A tiny eps makes Adam scale-invariant there too.
+    adam_eps: float = field(default=1e-8, metadata=_check(0, exclusive_min=True))
     eta_min: float = field(default=2e-5, metadata=_check(0))  # cosine annealing floor
     seed: int = field(default=0, metadata=_check(0))
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -78,7 +82,7 @@ class TrainParams:
 
 
 # Fields a variant may override from `train`.
-TRAIN_OVERRIDES = ("epochs", "batch_size", "lr", "weight_decay")
+TRAIN_OVERRIDES = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "adam_eps")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class Variant:
     batch_size: Optional[int] = field(default=None, metadata=_check(1))
     lr: Optional[float] = field(default=None, metadata=_check(0, exclusive_min=True))
     weight_decay: Optional[float] = field(default=None, metadata=_check(0))
+    optimizer: Optional[Literal["adam", "sgd"]] = None
+    adam_eps: Optional[float] = field(default=None, metadata=_check(0, exclusive_min=True))
 
 
 @dataclass(frozen=True)

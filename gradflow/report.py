@@ -54,7 +54,10 @@ def has_fix(v: P.Variant) -> bool:
 
 
 def ratio_text(log10_ratio) -> str:
-    return "n/a" if log10_ratio is None else f"{10.0 ** log10_ratio:.1e}"
+    """A log10 ratio as the ratio itself (-13.6 -> 2.5e-14); n/a for None or NaN."""
+    if log10_ratio is None or (isinstance(log10_ratio, float) and math.isnan(log10_ratio)):
+        return "n/a"
+    return f"{10.0 ** log10_ratio:.1e}"
 
 
 def story(runs: dict, expected: dict[str, str]) -> list[str]:
@@ -80,6 +83,32 @@ def story(runs: dict, expected: dict[str, str]) -> list[str]:
         lines.append(f"- Verdicts that match the reference's: {len(same)} of {len(agree)}"
                      + (f" (differ: {', '.join(differ)})" if differ else ""))
     return lines
+
+
+def theory_rows(runs: dict) -> list[list[str]]:
+    """Per variant at initialisation, on the probe batch: the mean-field prediction's
+    first/last conv ratio beside the measured one, and the range of measured / predicted
+    mean |grad| over its layers."""
+    rows = []
+    for name, run in runs.items():
+        flow = run["flow"]
+        if flow.empty or "predicted_mean_abs_grad" not in flow:
+            continue
+        init = flow[flow["epoch"] == 0]
+        convs = init[init["layer"].str.contains(r"conv_\d+$", regex=True)]
+        if len(convs) < 2:
+            continue
+        measured = convs["mean_abs_grad"].iloc[0] / convs["mean_abs_grad"].iloc[-1]
+        if init["predicted_mean_abs_grad"].isna().all():
+            rows.append([name, "no mean-field form", f"{measured:.1e}", "–"])
+            continue
+        predicted = convs["predicted_mean_abs_grad"].iloc[0] / convs["predicted_mean_abs_grad"].iloc[-1]
+        both = init.dropna(subset=["predicted_mean_abs_grad"])
+        both = both[(both["mean_abs_grad"] > 0) & (both["predicted_mean_abs_grad"] > 0)]
+        factor = both["mean_abs_grad"] / both["predicted_mean_abs_grad"]
+        rows.append([name, f"{predicted:.1e}", f"{measured:.1e}",
+                     f"{factor.min():.2g} – {factor.max():.2g} ({len(factor)} layers)"])
+    return rows
 
 
 def results_markdown(runs: dict, sweep: pd.DataFrame, reference: dict[str, pd.DataFrame],
@@ -119,15 +148,24 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, reference: dict[str, pd.Da
                                  [[f"reference {n} (coursework)", ref_verdicts.get(n, "n/a"),
                                    fmt(t.get("test_acc")), fmt(t.get("test_loss"))]
                                   for n, t in reference_test.items()]), ""]
+    theory = theory_rows(runs)
+    if theory:
+        parts += ["## Theory beside measurement, at initialisation", "",
+                  "The mean-field prediction (gradflow/theory.py: second moments propagated through "
+                  "conv, bias, leaky ReLU, pooling and BN from the architecture, its initialisation "
+                  "and the probe images' covariance) against the probe batch's measurement.", "",
+                  markdown_table(["variant", "predicted first/last conv", "measured",
+                                  "measured / predicted mean |grad|, per layer"], theory), ""]
     parts += ["## Depth sweep", ""]
     if sweep.empty:
         parts += ["_No sweep results (metrics/sweep/ is empty)._", ""]
     else:
         parts += [markdown_table(
             ["depth", "fix", "verdict", "final train loss", "best val acc", "grad ratio at init",
-             "at end"],
+             "predicted", "at end"],
             [[str(r.depth), str(r.fix), str(r.verdict), fmt(r.final_train_loss), fmt(r.best_val_acc, ".3f"),
-              ratio_text(r.log10_grad_ratio_init), ratio_text(r.log10_grad_ratio_final)]
+              ratio_text(r.log10_grad_ratio_init), ratio_text(r.log10_grad_ratio_predicted),
+              ratio_text(r.log10_grad_ratio_final)]
              for r in sweep.itertuples()]), ""]
     parts += ["## Figures", ""]
     parts += [f"- [{title}]({name})" for name, title in FIGURES.items()]

@@ -301,8 +301,12 @@ class Training:
         if dist.world > 1 and device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         probed = probed_parameters(model, cfg.gradients.include_bias)
-        optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
-                                     fused=device.type == "cuda")
+        if t.optimizer == "sgd":
+            optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=0.9,
+                                        weight_decay=t.weight_decay)
+        else:
+            optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps,
+                                         weight_decay=t.weight_decay, fused=device.type == "cuda")
         # Stepped once per epoch, as the reference does: T_max = epochs.
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs, eta_min=t.eta_min)
 

@@ -16,6 +16,7 @@ from gradflow import paths
 from gradflow.cli import cli
 from gradflow.data import load_dataset
 from gradflow.files import write_json
+from gradflow.probe import predicted_log10_ratio
 from gradflow.training import fit
 
 
@@ -35,6 +36,7 @@ def main(argv: list[str]) -> None:
     dataset = load_dataset(cfg.data)
     result = fit(cfg, dataset, progress="sweep ")
     metrics = {k: v for k, v in result.metrics().items() if not k.startswith("test_")}  # no test pass
+    metrics["log10_grad_ratio_predicted"] = predicted_log10_ratio(cfg, dataset)
     write_json(paths.sweep_metrics(args.depth, args.fix), {"depth": args.depth, "fix": args.fix, **metrics})
     print(f"sweep: {cfg.name}: {metrics['verdict']}, final train loss {metrics['final_train_loss']}",
           file=sys.stderr)

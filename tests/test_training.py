@@ -357,6 +357,20 @@ def test_same_params_same_results(trained, tmp_path):
     assert_same_run(trained, again)
 
 
+@pytest.mark.slow
+def test_bf16_is_deterministic_too_and_differs_from_fp32(trained, tmp_path):
+    """train.precision: bf16 (autocast on the CPU): two runs with the same params and seed agree
+    exactly, and differ from the fp32 run (so the switch is really on)."""
+    bf16 = {"train": {"epochs": 4, "precision": "bf16"}}
+    one = new_copy(tmp_path, "bf16_a", data_from=trained, overrides=bf16)
+    two = new_copy(tmp_path, "bf16_b", data_from=trained, overrides=bf16)
+    for project in (one, two):
+        stage("train", VARIANT, cwd=project)
+    assert_same_run(one, two)
+    assert metrics_without_timing(one)["precision"] == "bf16"
+    assert tables(one)[0]["train_loss"].tolist() != tables(trained)[0]["train_loss"].tolist()
+
+
 def stage_env(cwd: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(cwd), "PYTHONUNBUFFERED": "1"}
     env.pop("LOCAL_RANK", None)
