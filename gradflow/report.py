@@ -155,7 +155,7 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, reference: dict[str, pd.Da
                   "conv, bias, leaky ReLU, pooling and BN from the architecture, its initialisation "
                   "and the probe images' covariance) against the probe batch's measurement.", "",
                   markdown_table(["variant", "predicted first/last conv", "measured",
-                                  "measured / predicted mean |grad|, per layer"], theory), ""]
+                                  "measured / predicted mean abs grad, per layer"], theory), ""]
     parts += ["## Depth sweep", ""]
     if sweep.empty:
         parts += ["_No sweep results (metrics/sweep/ is empty)._", ""]
