@@ -37,8 +37,8 @@ from gradflow.errors import DataError  # noqa: E402
 from gradflow.files import atomic_write, read_json, torch_load  # noqa: E402
 from gradflow.model import depth_positions as _depth_positions  # noqa: E402
 
-OUT = Path("plots")
-REFERENCE = Path("reference")
+OUT = paths.PLOTS
+REFERENCE = paths.REFERENCE
 REFERENCE_VARIANTS = ("VGG_08", "VGG_38")
 CHANCE_LOSS = math.log(100)  # cross-entropy of a uniform guess over CIFAR-100's classes
 CHANCE_ACC = 0.01
@@ -74,7 +74,7 @@ def load_runs(names: list[str]) -> dict[str, dict]:
     """variant -> {metrics, history, capture, flow}, in params order, for the variants that ran."""
     runs = {}
     for name in names:
-        metrics_path = Path("metrics") / f"{name}.json"
+        metrics_path = paths.metrics(name)
         if not metrics_path.is_file():
             print(f"plots: {name}: no {metrics_path} (not trained yet?); skipped", file=sys.stderr)
             continue
@@ -82,9 +82,9 @@ def load_runs(names: list[str]) -> dict[str, dict]:
             # the headline metrics, and what else describes the run (kept with its model)
             "metrics": {**read_json(metrics_path, f"rerun its training (dvc repro -f train@{name})"),
                         **run_details(name)},
-            "history": read_csv(OUT / "history" / f"{name}.csv"),
-            "capture": read_csv(OUT / "grad_capture" / f"{name}.csv"),
-            "flow": read_csv(OUT / "grad_flow" / f"{name}.csv"),
+            "history": read_csv(paths.history(name)),
+            "capture": read_csv(paths.grad_capture(name)),
+            "flow": read_csv(paths.grad_flow(name)),
         }
     return runs
 
@@ -128,7 +128,7 @@ def load_sweep(sweep: P.SweepParams) -> tuple[pd.DataFrame, list[dict]]:
     rows, metrics = [], []
     for depth in sweep.depths:
         for fix in sweep.fixes:
-            path = Path("metrics/sweep") / f"{depth}-{fix}.json"
+            path = paths.sweep_metrics(depth, fix)
             if path.is_file():
                 metrics.append(read_json(path, f"rerun that point (dvc repro -f sweep@{depth}-{fix})"))
     rows = [[m.get(column) for column in SWEEP_COLUMNS] for m in metrics]

@@ -43,8 +43,15 @@ def snapshot(variant: str, epoch: int) -> Path:
     return workdir(variant) / f"epoch_{epoch:03d}.pt"
 
 
+RESUME = MODELS / ".resume"              # resume checkpoints: outside every DVC output
+
+
 def checkpoint(variant: str) -> Path:
-    return workdir(variant) / "checkpoint.pt"
+    """The resume state of a run in progress. Not a DVC output on purpose: `dvc exp run` checks
+    out every output before it runs and removes what the lock does not list, so a checkpoint
+    inside one would be gone on the rerun after a kill. Keyed by a fingerprint of the config and
+    data, so a stale one is never resumed."""
+    return RESUME / f"{variant}.pt"
 
 
 def metrics(variant: str) -> Path:

@@ -75,12 +75,12 @@ class Checkpoint:
     fingerprint: dict  # config + data identity; a checkpoint for other params is not resumed
 
     KEYS = ("fingerprint", "epoch", "model", "optimizer", "scheduler", "rng", "train_seconds",
-            "history", "best_epoch", "best_state", "capture_rows")
+            "history", "best_epoch", "best_state", "capture_rows", "snapshots")
 
     def load(self, set_aside: bool = True) -> dict | None:
         """The saved state, or None: no checkpoint, one for other params or data (ignored), or
         one that cannot be read (truncated, damaged, empty, foreign). That one is renamed to
-        checkpoint.pt.corrupt (by rank 0: `set_aside`) so the next run does not trip on it."""
+        `<file>.corrupt` (by rank 0: `set_aside`) so the next run does not trip on it."""
         if self.path is None or not self.path.is_file():
             return None
         aside = self.path.with_name(self.path.name + ".corrupt")
@@ -227,13 +227,13 @@ def diverged(train_loss: float) -> bool:
     return not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS
 
 
-def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None,
+def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None, checkpoint: Path | None = None,
         capture: bool = True, progress: str = "", on_epoch=None) -> Result:
     """Train one variant. With `workdir`, save weight snapshots at the configured epochs and a
     resume checkpoint after every epoch there. `on_epoch(history)` is called after each epoch
     (rank 0). The steps below, in the order they run: build, restore, then one epoch and its
     end until the last epoch or a divergence, then finish."""
-    run = Training.build(cfg, dataset, workdir, progress)
+    run = Training.build(cfg, dataset, workdir, progress, checkpoint)
     run.restore()
     for epoch in range(run.start_epoch + 1, cfg.train.epochs + 1):
         totals = run.one_epoch(epoch, capture)
@@ -278,11 +278,13 @@ class Training:
     start_epoch: int = 0
     train_seconds: float = 0.0
     best_acc: float = -1.0
+    snapshot_states: dict = field(default_factory=dict)  # epoch -> weights, for the checkpoint
 
     # --- 1. build: device, model, optimizer, the data on the device -------------------------
 
     @classmethod
-    def build(cls, cfg: RunConfig, dataset: Dataset, workdir: Path | None, progress: str) -> "Training":
+    def build(cls, cfg: RunConfig, dataset: Dataset, workdir: Path | None, progress: str,
+              checkpoint: Path | None = None) -> "Training":
         t = cfg.train
         device = pick_device(t.device)
         dist = init_distributed(cfg, device)
@@ -317,7 +319,7 @@ class Training:
         grad_capture = GradientCapture([nm for nm, _ in probed], [p for _, p in probed],
                                        capture_every(cfg, steps_per_epoch), steps_per_epoch)
         # Every rank resumes from the same file (optimizer state included); only rank 0 writes it.
-        ckpt = Checkpoint(workdir / "checkpoint.pt" if workdir else None,
+        ckpt = Checkpoint(checkpoint if workdir else None,
                           {"config": cfg.to_dict(), "data": dataset.fingerprint(), "world": dist.world})
         result = Result([], [], [nm for nm, _ in probed], None, 0,
                         num_params=sum(p.numel() for p in model.parameters()), device=str(device))
@@ -334,6 +336,8 @@ class Training:
         writes = self.workdir is not None and self.dist.main
         if writes:
             require_writable(self.workdir)
+            if self.ckpt.path is not None:
+                require_writable(self.ckpt.path.parent)
         state = self.ckpt.load(set_aside=self.dist.main)
         if state is not None:
             self.model.load_state_dict(state["model"])
@@ -344,6 +348,10 @@ class Training:
             self.result.history, self.result.best_epoch = state["history"], state["best_epoch"]
             self.result.best_state = state["best_state"]
             self.grad_capture.rows = [tuple(r) for r in state["capture_rows"]]
+            self.snapshot_states = state["snapshots"]
+            if writes:  # the snapshots so far: DVC may have removed them with the output folder
+                for epoch, weights in self.snapshot_states.items():
+                    save(self.workdir / f"epoch_{epoch:03d}.pt", {"epoch": epoch, "model": weights})
             print(f"train: {self.cfg.name}: resuming after epoch {self.start_epoch} from {self.ckpt.path}",
                   file=sys.stderr)
         elif writes:
@@ -351,7 +359,7 @@ class Training:
                 with writing(stale):
                     stale.unlink()
         if writes and 0 in self.snapshots and self.start_epoch == 0:
-            save(self.workdir / "epoch_000.pt", {"epoch": 0, "model": self.model.state_dict()})
+            self._snapshot(0)
         self.best_acc = max((h["val_acc"] for h in self.result.history), default=-1.0)
 
         self.step_model = self.model
@@ -430,14 +438,20 @@ class Training:
             return self._stop_diverged(epoch, totals.train_loss)
         if self.workdir and self.dist.main:
             if epoch in self.snapshots:
-                save(self.workdir / f"epoch_{epoch:03d}.pt", {"epoch": epoch, "model": self.model.state_dict()})
+                self._snapshot(epoch)
             self.ckpt.save({"epoch": epoch, "model": self.model.state_dict(),
                             "optimizer": self.optimizer.state_dict(),
                             "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state(),
                             "train_seconds": self.train_seconds, "history": result.history,
                             "best_epoch": result.best_epoch, "best_state": result.best_state,
-                            "capture_rows": self.grad_capture.rows})
+                            "capture_rows": self.grad_capture.rows, "snapshots": self.snapshot_states})
         return True
+
+    def _snapshot(self, epoch: int) -> None:
+        """models/V/epoch_XXX.pt, and a copy in the resume state to rewrite it from."""
+        weights = {k: x.detach().to("cpu", copy=True) for k, x in self.model.state_dict().items()}
+        self.snapshot_states[epoch] = weights
+        save(self.workdir / f"epoch_{epoch:03d}.pt", {"epoch": epoch, "model": weights})
 
     def _stop_diverged(self, epoch: int, train_loss: float) -> bool:
         self.result.status, self.result.diverged_epoch = "diverged", epoch

@@ -9,7 +9,7 @@ per GPU (PET_NPROC_PER_NODE=N picks N), so `dvc repro` / `dvc exp run` train wit
 Outputs, for variant V:
   models/V.pt                    best-validation weights + the resolved config
   models/V/epoch_XXX.pt          weight snapshots at gradients.epochs (the gradients stage)
-  models/V/checkpoint.pt         resume state, rewritten every epoch (persisted by DVC)
+  models/.resume/V.pt            resume state, rewritten every epoch (not a DVC output)
   metrics/V.json                 the headline: verdict, test / best val / final train scores,
                                  log10 first/last-conv gradient ratio at init and at the end
   plots/history/V.csv            one row per epoch
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> None:
     workdir = paths.workdir(cfg.name)
     workdir.mkdir(parents=True, exist_ok=True)
     live = LiveLog(cfg.name, enabled=int(os.environ.get("RANK", 0)) == 0)
-    result = fit(cfg, dataset, workdir=workdir, on_epoch=live.epoch)
+    result = fit(cfg, dataset, workdir=workdir, checkpoint=paths.checkpoint(cfg.name), on_epoch=live.epoch)
     import torch.distributed as dist
     if dist.is_initialized():  # under torchrun: the collectives are over; only rank 0 writes
         rank = dist.get_rank()

@@ -59,7 +59,9 @@ if _LOG:
 
 # Read by a stage but not its input: git's and DVC's bookkeeping (DVCLive looks at the repo),
 # the atomic writes' temporary files, DVCLive's own log.
-IGNORED = re.compile(r"(^|/)(\.git|\.dvc|\.tmp|dvclive)(/|$)|^\.(git|dvc)ignore$")
+# The resume checkpoints (models/.resume/) are read and written by train alone, on purpose
+# outside DVC's outputs (gradflow/paths.py).
+IGNORED = re.compile(r"(^|/)(\.git|\.dvc|\.tmp|dvclive|\.resume)(/|$)|^\.(git|dvc)ignore$")
 
 
 # --- what a stage reads ---------------------------------------------------------------------

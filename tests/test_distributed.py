@@ -133,7 +133,7 @@ def test_distributed_param_runs_the_train_stage_under_torchrun(fetched, single_t
     assert "--nproc_per_node 2 -m stages.train VGG_08" in proc.stderr
     # Only rank 0 reports and writes; the run completed, so no resume checkpoint is left.
     assert proc.stderr.count("VGG_08 epoch 1/1:") == 1, proc.stderr
-    assert not (fetched / "models/VGG_08/checkpoint.pt").exists()
+    assert not (fetched / "models/.resume/VGG_08.pt").exists()
     assert sorted(p.name for p in (fetched / "models/VGG_08").iterdir()) == ["epoch_000.pt", "epoch_001.pt"]
     # The global batch and the schedule are params.yaml's: same steps, same learning rates.
     assert [r["step"] for r in ddp["capture"]] == [r["step"] for r in single["capture"]]

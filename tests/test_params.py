@@ -23,7 +23,7 @@ from gradflow.params import (DataParams, GradientsParams, ModelParams, Params, P
                              TrainParams, Variant, load, parse)
 
 # Outputs that exist before the bad run; they must come out untouched.
-OUTPUTS = ["data/dataset.pt", "data/manifest.json", "models/VGG_08.pt", "models/VGG_08/checkpoint.pt",
+OUTPUTS = ["data/dataset.pt", "data/manifest.json", "models/VGG_08.pt", "models/.resume/VGG_08.pt",
            "models/VGG_08/epoch_000.pt", "metrics/VGG_08.json", "plots/history/VGG_08.csv",
            "plots/grad_capture/VGG_08.csv"]
 

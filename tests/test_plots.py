@@ -28,7 +28,7 @@ from gradflow.verdict import VERDICTS
 FIGURES = ["training_curves.png", "gradient_flow.png", "gradient_heatmap.png", "activations.png",
            "depth_sweep.png"]
 SWEEP_COLUMNS = ["depth", "fix", "verdict", "final_train_loss", "best_val_acc",
-                 "log10_grad_ratio_init", "log10_grad_ratio_final"]
+                 "log10_grad_ratio_init", "log10_grad_ratio_final", "log10_grad_ratio_predicted"]
 # Smaller than TINY: these tests only need every table to exist with real numbers in it.
 SMALL = {
     "data": {"synthetic_train_size": 200, "synthetic_test_size": 50, "val_size": 50},
@@ -66,18 +66,20 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def table_rows(markdown: str, first_header: str = "variant") -> dict[str, dict[str, str]]:
-    """First cell -> {column: cell} for the rows of the markdown table whose header starts
-    with `first_header`."""
+def table_rows(markdown: str, first_header: str = "variant", column: str | None = None) -> dict[str, dict[str, str]]:
+    """First cell -> {column: cell} for the rows of the first markdown table whose header
+    starts with `first_header` (and has `column`, if given)."""
     rows, header = {}, None
     for line in markdown.splitlines():
         if not line.startswith("|"):
+            if rows:
+                return rows
             header = None
         elif not line.startswith("|---"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             if header is None:
                 header = cells
-            elif header[0] == first_header:
+            elif header[0] == first_header and (column is None or column in header):
                 rows[cells[0]] = dict(zip(header, cells))
     return rows
 
@@ -142,6 +144,10 @@ def test_results_table_has_a_row_per_variant(plotted):
     assert rows["VGG_38"]["reference"] == "stuck at chance (coursework run)"
     assert rows["VGG_08"]["reference"] == "learns (coursework run)"
     assert "Verdict rule" in text and "## Summary" in text
+    theory = table_rows(text, column="predicted first/last conv")
+    predicted, measured = (float(theory["VGG_38"][k]) for k in ("predicted first/last conv", "measured"))
+    assert predicted < 1e-8 and measured < 1e-8  # the vanishing, predicted and measured
+    assert 0.1 < predicted / measured < 10
     assert set(table_rows(text, "reference")) == {"reference VGG_08 (coursework)",
                                                   "reference VGG_38 (coursework)"}
     assert "data: synthetic, epochs: 1, device: cpu" in text

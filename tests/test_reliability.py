@@ -319,14 +319,14 @@ def test_a_damaged_checkpoint_is_set_aside(tmp_path, capsys, damage):
 
 @pytest.mark.slow
 def test_the_train_stage_starts_over_after_a_damaged_checkpoint(copy):
-    ckpt = copy / "models/VGG_08/checkpoint.pt"
+    ckpt = copy / "models/.resume/VGG_08.pt"
     bad = checkpoint_damages()["pickle-flipped"]
     ckpt.write_bytes(bad)
     proc = stage("train", "VGG_08", cwd=copy)
-    assert "moved it to models/VGG_08/checkpoint.pt.corrupt and starting over" in proc.stderr
+    assert "moved it to models/.resume/VGG_08.pt.corrupt and starting over" in proc.stderr
     assert "epoch 1/1" in proc.stderr and "resuming" not in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert (copy / "models/VGG_08/checkpoint.pt.corrupt").read_bytes() == bad
+    assert (copy / "models/.resume/VGG_08.pt.corrupt").read_bytes() == bad
     assert not ckpt.exists()  # the run completed
     assert (copy / "metrics/VGG_08.json").is_file()
 
@@ -426,3 +426,50 @@ def test_results_md_prints_huge_numbers_readably():
     assert fmt(1.7e21) == "1.7e+21" and fmt(1.4e35) == "1.4e+35" and fmt(1.5e12) == "1.5e+12"
     assert fmt(4.6052) == "4.6052" and fmt(0.5, ".3f") == "0.500"  # ordinary values as before
     assert fmt(123456, ",d") == "123,456" and fmt(None) == "n/a"
+
+
+# --- resume under `dvc exp run` -------------------------------------------------------------
+
+def checkpoint_epoch(path: Path) -> int:
+    try:
+        return torch.load(path, weights_only=True)["epoch"]
+    except (FileNotFoundError, EOFError, RuntimeError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_holds_under_dvc_exp_run(tmp_path):
+    """kill -9 a `dvc exp run` (dvc and its stage) after the train stage's first epoch, run the
+    same command again: the train stage resumes from its checkpoint. (It used not to: two
+    fetches wrote different bytes, since torch.save recorded the temporary file's name, so the
+    checkpoint's data fingerprint never matched.)"""
+    import signal
+    import time
+
+    project = copy_project(tmp_path / "project")
+    write_params(project, {"data": {"synthetic_train_size": 2200}, "model": {"filters": 8},
+                           "train": {"epochs": 4}, "variants": {"VGG_08": {"depth": 8}},
+                           "sweep": {"depths": [8], "fixes": ["none"], "epochs": 1}})
+    git_init(project)
+    env = {**os.environ, "PYTHONPATH": str(project), "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(DVC).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    ckpt = project / "models" / ".resume" / "VGG_08.pt"
+    proc = subprocess.Popen([DVC, "exp", "run"], cwd=project, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while checkpoint_epoch(ckpt) < 1:
+            assert proc.poll() is None, f"dvc exp run ended before the kill:\n{proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage it runs: no cleanup anywhere
+        proc.wait()
+    killed_at = checkpoint_epoch(ckpt)
+    assert 1 <= killed_at < 4
+
+    again = run([DVC, "exp", "run"], cwd=project)
+    output = again.stdout + again.stderr
+    assert f"resuming after epoch {killed_at}" in output, output[-3000:]
+    assert f"VGG_08 epoch {killed_at}/4" not in output and "VGG_08 epoch 4/4" in output
+    assert not ckpt.exists()

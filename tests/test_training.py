@@ -126,7 +126,7 @@ def test_train_writes_every_output(trained):
     out = outputs(trained)
     for path in out.values():
         assert path.exists(), path
-    assert not (out["workdir"] / "checkpoint.pt").exists()  # a finished run leaves nothing to resume
+    assert not (trained / "models" / ".resume" / f"{VARIANT}.pt").exists()  # a finished run leaves nothing to resume
     assert sorted(p.name for p in out["workdir"].glob("epoch_*.pt")) == [f"epoch_{e:03d}.pt" for e in SNAPSHOTS]
 
     m = json.loads(out["metrics"].read_text())
@@ -389,7 +389,7 @@ def test_resume_after_kill_matches_uninterrupted_run(trained, tmp_path):
     """SIGKILL the train stage after epoch 2, run it again: it resumes from the checkpoint and
     ends with exactly what the uninterrupted run in `trained` wrote."""
     project = new_copy(tmp_path, "killed", data_from=trained)
-    ckpt = outputs(project)["workdir"] / "checkpoint.pt"
+    ckpt = project / "models" / ".resume" / f"{VARIANT}.pt"
     proc = subprocess.Popen([PYTHON, "-m", "stages.train", VARIANT], cwd=project, env=stage_env(project),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -439,7 +439,7 @@ def test_diverged_variant_ends_cleanly(trained):
     json.loads(out["metrics"].read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
     assert m["log10_grad_ratio_final"] is None
     assert out["history"].is_file() and out["capture"].is_file() and out["model"].is_file()
-    assert not (out["workdir"] / "checkpoint.pt").exists()
+    assert not (trained / "models" / ".resume" / f"{DIVERGE}.pt").exists()
     capture = pd.read_csv(out["capture"])
     assert not capture.empty and not capture["grad_norm"].map(math.isfinite).all()
 
