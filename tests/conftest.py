@@ -50,6 +50,18 @@ def merged(base: dict, overrides: dict) -> dict:
     return out
 
 
+def setting(path: str, value):
+    """A params edit: set `a.b.c` to value (creating nothing but the last key)."""
+    def edit(params: dict) -> dict:
+        *parents, last = path.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[last] = value
+        return params
+    return edit
+
+
 def write_params(project: Path, overrides: dict | None = None, base: dict | None = None) -> dict:
     params = merged(base if base is not None else merged(default_params(), TINY), overrides or {})
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -18,7 +18,7 @@ import yaml
 
 import stages.fetch
 import stages.train
-from conftest import TINY, default_params, merged, stage, write_params
+from conftest import TINY, default_params, merged, setting, stage, write_params
 from gradflow.params import (DataParams, GradientsParams, ModelParams, Params, ParamsError, SweepParams,
                              TrainParams, Variant, load, parse)
 
@@ -31,17 +31,6 @@ OUTPUTS = ["data/dataset.pt", "data/manifest.json", "models/VGG_08.pt", "models/
 def tiny() -> dict:
     return merged(default_params(), TINY)
 
-
-def setting(path: str, value):
-    """A params edit: set `a.b.c` to value (creating nothing but the last key)."""
-    def edit(params: dict) -> dict:
-        *parents, last = path.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[last] = value
-        return params
-    return edit
 
 
 # (case id, stage, edit of the tiny params or raw YAML text, fragments the one line must contain)

@@ -29,7 +29,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import DVC, TINY, copy_project, default_params, git_init, merged, run, stage, write_params
+from conftest import DVC, TINY, copy_project, default_params, git_init, merged, run, setting, stage, write_params
 
 PARAMS = {"model": {"filters": 8},
           "variants": {"VGG_08": {"depth": 8}, "VGG_08_LR10": {"depth": 8, "lr": 10.0}}}
@@ -98,17 +98,6 @@ def copy(base: Path, tmp_path: Path) -> Path:
 
 
 # --- 1. the check stage refuses before anything is deleted ---------------------------------
-
-def setting(path: str, value):
-    def edit(params: dict) -> dict:
-        *parents, last = path.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[last] = value
-        return params
-    return edit
-
 
 def without(path: str):
     def edit(params: dict) -> dict:
