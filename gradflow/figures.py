@@ -19,7 +19,6 @@ diverged is drawn with what it has. Nothing here trains or touches the network.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -34,13 +33,13 @@ import pandas as pd  # noqa: E402
 from gradflow import params as P  # noqa: E402
 from gradflow import paths  # noqa: E402
 from gradflow.errors import DataError  # noqa: E402
+from gradflow.verdict import CHANCE_LOSS  # noqa: E402  (ln 100: a uniform guess)
 from gradflow.files import atomic_write, read_json, torch_load  # noqa: E402
 from gradflow.model import depth_positions as _depth_positions  # noqa: E402
 
 OUT = paths.PLOTS
 REFERENCE = paths.REFERENCE
 REFERENCE_VARIANTS = ("VGG_08", "VGG_38")
-CHANCE_LOSS = math.log(100)  # cross-entropy of a uniform guess over CIFAR-100's classes
 CHANCE_ACC = 0.01
 MAX_DEPTH_LABELS = 40  # per-layer names on a depth axis: at most this many, the rest thinned
 SWEEP_COLUMNS = ["depth", "fix", "verdict", "final_train_loss", "best_val_acc",

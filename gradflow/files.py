@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from gradflow.errors import DataError
 
 TMP = Path(".tmp")  # git- and dvc-ignored; outside every output
 
@@ -89,8 +90,6 @@ def _why(e: BaseException) -> str:
 
 def read_json(path: Path | str, what_to_do: str, kind: type = dict):
     """The JSON object (or `kind`) in path; DataError if it is missing, not JSON, or another kind."""
-    from gradflow.errors import DataError
-
     try:
         value = json.loads(Path(path).read_bytes().decode("utf-8"))
     except FileNotFoundError:
@@ -107,8 +106,6 @@ def torch_load(path: Path | str, what_to_do: str, map_location="cpu", kind: type
     """torch.load(weights_only=True): tensors and plain containers only, nothing unpickled that
     could run code. DataError if the file is missing, truncated, damaged or not a `kind`."""
     import torch
-    from gradflow.errors import DataError
-
     try:
         value = torch.load(path, weights_only=True, map_location=map_location)
     except FileNotFoundError:
@@ -123,8 +120,6 @@ def torch_load(path: Path | str, what_to_do: str, map_location="cpu", kind: type
 
 def require_keys(path: Path | str, value: dict, keys, what_to_do: str) -> dict:
     """value, if it has every key; else a DataError naming the file and the first key missing."""
-    from gradflow.errors import DataError
-
     for key in keys:
         if key not in value:
             raise DataError(f"{path}: has no {key!r}, so it is not the file expected here; {what_to_do}")

@@ -205,8 +205,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        """Byte-stable: the same config gives the same bytes, so DVC sees no change."""
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+        return resolved_json(self)
 
     def snapshot_epochs(self) -> list[int]:
         last = self.train.epochs
@@ -389,6 +388,12 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
                               list("-+0123456789."))
+
+
+def resolved_json(config) -> str:
+    """A resolved config (a params dataclass) as JSON the check stage writes. Byte-stable: the
+    same config gives the same bytes, so DVC sees no change."""
+    return json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True) + "\n"
 
 
 def load_resolved(path: Path | str, cls=None):

@@ -35,7 +35,7 @@ from gradflow.errors import DataError
 from gradflow.files import require_keys, torch_load, torch_save
 from gradflow.model import VGG, probed_parameters
 from gradflow.params import RunConfig, device_error
-from gradflow.verdict import verdict
+from gradflow.verdict import DIVERGED_LOSS, is_divergent, verdict
 
 
 @dataclass
@@ -214,17 +214,6 @@ def evaluate(model: torch.nn.Module, split: Split, augment: Augment, batch_size:
 def capture_every(cfg: RunConfig, steps_per_epoch: int) -> int:
     every = cfg.gradients.every_n_steps
     return max(1, steps_per_epoch // 10) if every == "auto" else every
-
-
-# The divergence rule. A fresh network's loss is about ln 100 = 4.6 (a uniform guess over the
-# 100 classes); an epoch whose mean training loss is not finite, or above ten times that, has
-# diverged. The run stops there with status `diverged`; its outputs are still written.
-DIVERGED_LOSS = 10 * math.log(100)  # 46.05
-
-
-def diverged(train_loss: float) -> bool:
-    """True for an epoch's mean training loss that is NaN, infinite or > 10 x ln 100."""
-    return not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS
 
 
 def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None, checkpoint: Path | None = None,
@@ -434,7 +423,7 @@ class Training:
                   f"{result.history[-1]['epoch_seconds']:.1f}s", file=sys.stderr)
             if on_epoch is not None:  # live progress (rank 0): the history so far
                 on_epoch(result.history)
-        if diverged(totals.train_loss):
+        if is_divergent(totals.train_loss):  # the rule in gradflow/verdict.py; the run stops here
             return self._stop_diverged(epoch, totals.train_loss)
         if self.workdir and self.dist.main:
             if epoch in self.snapshots:

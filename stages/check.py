@@ -17,8 +17,6 @@ params sections, so a change reruns exactly the runs whose settings it changes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 
 from gradflow import params as P
@@ -34,8 +32,7 @@ def main(argv: list[str]) -> None:
     parser.parse_args(argv)
     params = P.load(dvc_yaml=paths.DVC_YAML)
     P.device_error(params.train.device)  # a device this machine lacks (imports torch only then)
-    configs = {paths.data_config(): json.dumps(dataclasses.asdict(params.data), indent=1,
-                                               sort_keys=True) + "\n"}
+    configs = {paths.data_config(): P.resolved_json(params.data)}
     configs.update({paths.run_config(name): run.to_json() for name, run in params.runs().items()})
     for path, text in configs.items():
         if not path.is_file() or path.read_text() != text:  # unchanged files keep their mtime

@@ -95,6 +95,33 @@ def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 600, ex
     return proc
 
 
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch a resume checkpoint holds; 0 while there is none, or it is half written."""
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)["epoch"]
+    except (FileNotFoundError, EOFError, RuntimeError, KeyError):
+        return 0
+
+
+def kill_after_epoch(proc: subprocess.Popen, checkpoint: Path, epoch: int, timeout: float,
+                     kill=None) -> int:
+    """SIGKILL `proc` (or call `kill()`) once `checkpoint` holds `epoch`; the epoch it held."""
+    import time
+
+    try:
+        deadline = time.monotonic() + timeout
+        while checkpoint_epoch(checkpoint) < epoch:
+            assert proc.poll() is None, f"{proc.args} ended before the kill:\n{proc.stderr.read()}"
+            assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch} after {timeout} s"
+            time.sleep(0.02)
+    finally:
+        (kill or proc.kill)()  # no handler, no cleanup
+        proc.wait()
+    return checkpoint_epoch(checkpoint)
+
+
 def stage(name: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     return run([PYTHON, "-m", f"stages.{name}", *args], cwd=cwd, check=check)
 

@@ -29,7 +29,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import DVC, TINY, copy_project, default_params, git_init, merged, run, setting, stage, write_params
+from conftest import (DVC, TINY, copy_project, default_params, git_init, kill_after_epoch, merged, run,
+                      setting, stage, write_params)
 
 PARAMS = {"model": {"filters": 8},
           "variants": {"VGG_08": {"depth": 8}, "VGG_08_LR10": {"depth": 8, "lr": 10.0}}}
@@ -376,11 +377,11 @@ def test_a_corrupt_user_archive_is_renamed_not_deleted(project, monkeypatch, cap
 # --- 4. divergence ---------------------------------------------------------------------------
 
 def test_the_divergence_rule():
-    from gradflow.training import DIVERGED_LOSS, diverged
+    from gradflow.verdict import DIVERGED_LOSS, is_divergent
     assert DIVERGED_LOSS == pytest.approx(10 * math.log(100))
-    assert not diverged(math.log(100)) and not diverged(46.0)
-    assert diverged(46.1) and diverged(1.7e21)
-    assert diverged(math.nan) and diverged(math.inf) and diverged(-math.inf)
+    assert not is_divergent(math.log(100)) and not is_divergent(46.0)
+    assert is_divergent(46.1) and is_divergent(1.7e21)
+    assert is_divergent(math.nan) and is_divergent(math.inf) and is_divergent(-math.inf)
 
 
 @pytest.mark.slow
@@ -388,7 +389,8 @@ def test_a_runaway_finite_loss_is_diverged_and_its_outputs_written(copy):
     """lr 10 sends this net's loss to ~1e16 in epoch 1, finite: before, status `ok`."""
     from gradflow import params as P
     from gradflow.data import load_dataset
-    from gradflow.training import DIVERGED_LOSS, fit
+    from gradflow.training import fit
+    from gradflow.verdict import DIVERGED_LOSS
     cwd = os.getcwd()
     os.chdir(copy)
     try:
@@ -419,13 +421,6 @@ def test_results_md_prints_huge_numbers_readably():
 
 # --- resume under `dvc exp run` -------------------------------------------------------------
 
-def checkpoint_epoch(path: Path) -> int:
-    try:
-        return torch.load(path, weights_only=True)["epoch"]
-    except (FileNotFoundError, EOFError, RuntimeError, KeyError):
-        return 0
-
-
 @pytest.mark.slow
 def test_resume_after_a_kill_holds_under_dvc_exp_run(tmp_path):
     """kill -9 a `dvc exp run` (dvc and its stage) after the train stage's first epoch, run the
@@ -433,7 +428,6 @@ def test_resume_after_a_kill_holds_under_dvc_exp_run(tmp_path):
     fetches wrote different bytes, since torch.save recorded the temporary file's name, so the
     checkpoint's data fingerprint never matched.)"""
     import signal
-    import time
 
     project = copy_project(tmp_path / "project")
     write_params(project, {"data": {"synthetic_train_size": 2200}, "model": {"filters": 8},
@@ -445,16 +439,8 @@ def test_resume_after_a_kill_holds_under_dvc_exp_run(tmp_path):
     ckpt = project / "models" / ".resume" / "VGG_08.pt"
     proc = subprocess.Popen([DVC, "exp", "run"], cwd=project, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while checkpoint_epoch(ckpt) < 1:
-            assert proc.poll() is None, f"dvc exp run ended before the kill:\n{proc.stderr.read()}"
-            assert time.monotonic() < deadline, "no checkpoint after 180 s"
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage it runs: no cleanup anywhere
-        proc.wait()
-    killed_at = checkpoint_epoch(ckpt)
+    # dvc and the stage it runs, together: no cleanup anywhere
+    killed_at = kill_after_epoch(proc, ckpt, 1, 180, kill=lambda: os.killpg(proc.pid, signal.SIGKILL))
     assert 1 <= killed_at < 4
 
     again = run([DVC, "exp", "run"], cwd=project)

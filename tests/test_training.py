@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PYTHON, copy_project, stage, write_params
+from conftest import PYTHON, copy_project, kill_after_epoch, stage, write_params
 from gradflow.capture import COLUMNS, GradientCapture, first_last_conv_ratio
 from gradflow.data import Augment, Dataset, Split, synthetic
 from gradflow.probe import probe
@@ -377,13 +376,6 @@ def stage_env(cwd: Path) -> dict:
     return env
 
 
-def checkpoint_epoch(path: Path) -> int:
-    try:
-        return torch.load(path, weights_only=True)["epoch"]
-    except (FileNotFoundError, EOFError, RuntimeError):
-        return 0
-
-
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(trained, tmp_path):
     """SIGKILL the train stage after epoch 2, run it again: it resumes from the checkpoint and
@@ -392,17 +384,7 @@ def test_resume_after_kill_matches_uninterrupted_run(trained, tmp_path):
     ckpt = project / "models" / ".resume" / f"{VARIANT}.pt"
     proc = subprocess.Popen([PYTHON, "-m", "stages.train", VARIANT], cwd=project, env=stage_env(project),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while checkpoint_epoch(ckpt) < 2:
-            assert proc.poll() is None, f"train ended before the kill:\n{proc.stderr.read()}"
-            assert time.monotonic() < deadline, "no checkpoint after 2 epochs in 120 s"
-            time.sleep(0.02)
-        proc.kill()  # SIGKILL: no handler, no cleanup
-    finally:
-        proc.kill()
-        proc.wait()
-    killed_at = checkpoint_epoch(ckpt)
+    killed_at = kill_after_epoch(proc, ckpt, 2, 120)
     assert 2 <= killed_at < 4
     assert not outputs(project)["metrics"].exists()
     saved = ckpt.read_bytes()
