@@ -99,7 +99,9 @@ of stage 0, 0.2x low in stage 1 and 17x high in stage 2. Backward second moments
 
 from __future__ import annotations
 
+import functools
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -156,6 +158,35 @@ class Prediction:
         """First 3x3 conv's mean |g| over the last 3x3 conv's (the diagnosis' ratio)."""
         convs = [layer for layer in self.layers if layer.kind == "conv"]
         return convs[0].mean_abs_grad / convs[-1].mean_abs_grad
+
+
+# --- one order of operations -----------------------------------------------------------------
+
+@contextmanager
+def _one_thread():
+    """Run torch's CPU ops on one thread, then restore the caller's count.
+
+    The prediction is written with all its digits (plots/grad_flow/*.csv), so it must not depend
+    on how the work is split. With several threads it does: a reduction adds one partial sum per
+    thread, and an elementwise op's chunks end at thread boundaries, where the vectorised
+    sin/arccos hand over to the scalar ones, which round differently in the last bit (measured,
+    Intel Xeon, torch 2.14: VGG_08's and VGG_38's predictions differ between 1 and 2 threads, the
+    same for every run at one count). On one thread every op runs in one fixed order, whatever the
+    machine's thread settings; it costs about a second per gradients stage."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _single_threaded(f):
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        with _one_thread():
+            return f(*args, **kwargs)
+    return wrapper
 
 
 # --- operations on covariances ------------------------------------------------------------
@@ -261,13 +292,28 @@ def white_input(second_moment: float, size: int = IMAGE_SIZE) -> Kernel:
     return Kernel(second_moment * eye, torch.zeros_like(eye))
 
 
+def _gram(rows: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """sum_r rows[r] (outer) rows[r], (P, P), each element added up in the order r = 0, 1, ...
+    (an in-place multiply-add per row, over column blocks that stay in cache: 0.4 s for 600 x
+    1024). Not a matrix product: BLAS (MKL on x86) picks its kernel and blocking by the machine
+    and the buffers' alignment, and its order of addition with them."""
+    size = rows.shape[1]
+    out = torch.zeros(size, size, dtype=rows.dtype)
+    for j in range(0, size, block):
+        out_block, cols = out[:, j:j + block], rows[:, j:j + block]
+        for r in range(len(rows)):
+            out_block.addcmul_(rows[r, :, None], cols[r, None, :])
+    return out
+
+
+@_single_threaded
 def input_kernel(images: torch.Tensor) -> Kernel:
     """The input's covariance measured from a batch of normalised images (N, C, H, W)."""
     n, c, h, w = images.shape
-    x = images.detach().to(torch.float64).reshape(n, c, h * w)
-    same = torch.einsum("ncp,ncq->pq", x, x) / (n * c)
-    total = x.sum(dim=0)  # (C, HW)
-    cross = (torch.einsum("cp,cq->pq", total, total) / c - same * n) / (n * (n - 1))
+    x = images.detach().to(torch.float64).reshape(n * c, h * w)
+    same = _gram(x) / (n * c)
+    total = x.reshape(n, c, h * w).sum(dim=0)  # (C, HW)
+    cross = (_gram(total) / c - same * n) / (n * (n - 1))
     return Kernel(same.reshape(h, w, h, w), cross.reshape(h, w, h, w))
 
 
@@ -380,6 +426,7 @@ def supported(variant: Variant) -> bool:
     return not (variant.dense or variant.deep_supervision or variant.residual or variant.residual_reduction)
 
 
+@_single_threaded
 def predict(variant: Variant, model: ModelParams = ModelParams(), *, input_second_moment: float | None = None,
             input_kernel: Kernel | None = None, batch_size: int, biases: bool = True,
             include_bias: bool = False, classes: int = NUM_CLASSES) -> Prediction | None:

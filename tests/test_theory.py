@@ -128,3 +128,45 @@ def test_second_moment_only_names_every_layer_and_keeps_the_random_state():
     assert [layer.name for layer in prediction.layers] == names
     for layer in prediction.layers:
         assert math.isfinite(layer.mean_abs_grad) and layer.mean_abs_grad > 0, layer
+
+
+# The prediction is written with all its digits (plots/grad_flow/*.csv), so equal runs must give
+# equal bytes: 10 predictions in a process with 1 thread and 10 with 2, each from its own copy of
+# the input at another memory alignment, all byte-identical (issue 20: on an Intel Xeon the
+# multi-threaded version differed between 1 and 2 threads in the 8th digit).
+REPEAT = '''
+import hashlib, sys, torch
+from gradflow.data import Augment, synthetic
+from gradflow.params import ModelParams, Variant
+from gradflow.theory import input_kernel, predict
+torch.set_num_threads(int(sys.argv[1]))
+images, _ = synthetic(100, seed=0, stream=1)
+x0 = Augment(%r, %r, 0, False, torch.device("cpu")).normalize(images)
+for offset in range(10):
+    buffer = torch.zeros(x0.numel() + 16)
+    x = buffer[offset:offset + x0.numel()].view_as(x0)
+    x.copy_(x0)
+    kernel = input_kernel(x)
+    digest = hashlib.sha256(kernel.same.numpy().tobytes() + kernel.cross.numpy().tobytes())
+    for depth in (8, 38):
+        rows = predict(Variant(depth=depth), ModelParams(), input_kernel=kernel, batch_size=len(x)).layers
+        digest.update(repr([(r.name, r.mean_abs_grad, r.q_in, r.q_out, r.q_back, r.rms_grad) for r in rows]).encode())
+    print(digest.hexdigest())
+    assert torch.get_num_threads() == int(sys.argv[1])  # the caller's setting is restored
+''' % (MEAN, STD)
+
+
+@pytest.mark.slow
+def test_prediction_is_byte_identical_whatever_the_threads(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    digests = []
+    for threads in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", REPEAT, threads], cwd=root, capture_output=True,
+                             text=True, check=True, timeout=300)
+        digests += out.stdout.split()
+    assert len(digests) == 20
+    assert len(set(digests)) == 1, digests
