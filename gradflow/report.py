@@ -9,7 +9,7 @@ import pandas as pd
 
 from gradflow import params as P
 from gradflow.figures import FIGURES, run_summary
-from gradflow.verdict import RULE, VERDICTS, verdict
+from gradflow.verdict import RULE, VERDICTS, rule_numbers, verdict
 
 
 def fmt(value, spec: str = ".4f") -> str:
@@ -35,7 +35,7 @@ def reference_verdicts(reference: dict[str, pd.DataFrame]) -> dict[str, str]:
     for name, table in reference.items():
         if len(table):
             out[name] = verdict(float(table["train_loss"].iloc[-1]), float(table["val_acc"].max()),
-                                diverged=False)
+                                diverged=False, n_val=P.DataParams().val_size, epochs=len(table))
     return out
 
 
@@ -138,7 +138,11 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, reference: dict[str, pd.Da
              "", markdown_table(header, rows) if rows else "_No variant has metrics yet._", "",
              f"Verdict rule (gradflow/verdict.py): {RULE}. The reference column judges the "
              "coursework's shipped runs by the same rule; for the fixed variants it gives the "
-             "coursework's conclusion.", "", "## Summary", ""]
+             "coursework's conclusion.", ""]
+    sizes = sorted({(m["val_images"], m["epochs_run"]) for m in (r["metrics"] for r in runs.values())
+                    if m.get("val_images") and m.get("epochs_run")})
+    parts += [f"- The rule's numbers in this run: {rule_numbers(n, e)}." for n, e in sizes]
+    parts += ["", "## Summary", ""]
     parts += story(runs, expected) or ["_Nothing to summarise yet._"]
     parts += [""]
     if reference_test:

@@ -145,6 +145,7 @@ class Result:
     seconds_per_epoch: float = 0.0
     images_per_second: float = 0.0
     device: str = "cpu"
+    n_val: int = 0  # validation images each epoch is evaluated on (the verdict's n)
 
     def grad_ratios(self) -> dict:
         """first/last conv mean |grad| at the first and the last sampled step, as log10."""
@@ -162,7 +163,8 @@ class Result:
         best = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
         ratios = self.grad_ratios()
         return {
-            "verdict": verdict(last.get("train_loss"), best.get("val_acc"), self.status == "diverged"),
+            "verdict": verdict(last.get("train_loss"), best.get("val_acc"), self.status == "diverged",
+                               n_val=self.n_val, epochs=len(self.history)),
             "test_acc": _round(self.test.get("acc")),
             "test_loss": _round(self.test.get("loss")),
             "best_val_acc": _round(best.get("val_acc")),
@@ -176,6 +178,7 @@ class Result:
         return {"variant": cfg.name, "status": self.status, "diverged_epoch": self.diverged_epoch,
                 "data_source": source, "epochs": cfg.train.epochs, "epochs_run": len(self.history),
                 "best_epoch": self.best_epoch, "params": self.num_params, "device": self.device,
+                "val_images": self.n_val,
                 "precision": "bf16" if uses_bf16(torch.device(self.device), cfg.train.precision) else "fp32"}
 
     def timings(self) -> dict:
@@ -311,7 +314,8 @@ class Training:
         ckpt = Checkpoint(checkpoint if workdir else None,
                           {"config": cfg.to_dict(), "data": dataset.fingerprint(), "world": dist.world})
         result = Result([], [], [nm for nm, _ in probed], None, 0,
-                        num_params=sum(p.numel() for p in model.parameters()), device=str(device))
+                        num_params=sum(p.numel() for p in model.parameters()), device=str(device),
+                        n_val=len(val))
         return cls(cfg, dataset, workdir, progress, device, dist, channels_last, model, optimizer,
                    scheduler, train_x, train_y, val, augment, grad_capture,
                    set(cfg.snapshot_epochs()), ckpt, result)
