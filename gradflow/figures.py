@@ -18,6 +18,8 @@ diverged is drawn with what it has. Nothing here trains or touches the network.
 
 from __future__ import annotations
 
+import math
+
 import json
 import sys
 from pathlib import Path
@@ -33,14 +35,13 @@ import pandas as pd  # noqa: E402
 from gradflow import params as P  # noqa: E402
 from gradflow import paths  # noqa: E402
 from gradflow.errors import DataError  # noqa: E402
-from gradflow.verdict import CHANCE_LOSS  # noqa: E402  (ln 100: a uniform guess)
+from gradflow.verdict import CHANCE_ACC, CHANCE_LOSS  # noqa: E402  (a uniform guess: 1/100, ln 100)
 from gradflow.files import atomic_write, read_json, torch_load  # noqa: E402
 from gradflow.model import depth_positions as _depth_positions  # noqa: E402
 
 OUT = paths.PLOTS
 REFERENCE = paths.REFERENCE
 REFERENCE_VARIANTS = ("VGG_08", "VGG_38")
-CHANCE_ACC = 0.01
 MAX_DEPTH_LABELS = 40  # per-layer names on a depth axis: at most this many, the rest thinned
 SWEEP_COLUMNS = ["depth", "fix", "verdict", "final_train_loss", "best_val_acc",
                  "log10_grad_ratio_init", "log10_grad_ratio_final", "log10_grad_ratio_predicted"]  # as in metrics/sweep/*.json
@@ -155,14 +156,6 @@ def run_summary(metrics: list[dict]) -> str:
     return f"data: {distinct('data_source')}, epochs: {distinct('epochs')}, device: {distinct('device')}"
 
 
-def last_history_epoch(history: pd.DataFrame) -> int:
-    """The last epoch a history table holds (0 when it is empty)."""
-    if history.empty or "epoch" not in history:
-        return 0
-    epochs = pd.to_numeric(history["epoch"], errors="coerce").dropna()
-    return int(epochs.max()) if len(epochs) else 0
-
-
 def positive(values) -> np.ndarray:
     """Values for a log axis: zeros, negatives, NaN and inf become NaN (gaps, not warnings)."""
     v = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, copy=True)
@@ -243,22 +236,34 @@ def panel_grid(n: int, ncols: int, width: float, height: float):
 
 # --- figures -----------------------------------------------------------------------------
 
+REFERENCE_TRAIN_IMAGES = 47_500  # the coursework's training split: one epoch of its curves
+
+
+def images_seen(run: dict) -> np.ndarray:
+    """Training images seen at the end of each epoch of one run's history (in thousands); NaN
+    where the run details (models/V.pt) that say how many images an epoch had are missing."""
+    per_epoch = run["metrics"].get("train_images") or math.nan
+    return pd.to_numeric(run["history"]["epoch"], errors="coerce").to_numpy() * per_epoch / 1000
+
+
 def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
-    """Figure 1: 2x2 panels of loss and accuracy; our variants solid, the reference dashed."""
+    """Figure 1: 2x2 panels of loss and accuracy against training images seen; our variants
+    solid, the reference dashed at 47,500 images per epoch, so each budget is drawn beside the
+    same amount of the coursework's training."""
     if not runs and not reference:
         return empty_figure("training_curves.png", "Training curves", "no variant has metrics yet")
     summary = run_summary([r["metrics"] for r in runs.values()])
     panels = [("train_loss", "training loss"), ("val_loss", "validation loss"),
               ("train_acc", "training accuracy"), ("val_acc", "validation accuracy")]
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), sharex=True, layout="constrained")
-    # Short runs next to the reference's 100 epochs would be a few pixels wide: show the
-    # reference over our epochs only, and say so.
-    our_epochs = max((max(r["metrics"].get("epochs") or 0, last_history_epoch(r["history"]))
-                      for r in runs.values()), default=0)
+    seen = [images_seen(r) for r in runs.values() if len(r["history"])]
+    ours = max((float(np.nanmax(x)) for x in seen if np.isfinite(x).any()), default=0.0)
     ref_epochs = max((len(t) for t in reference.values()), default=0)
-    clip = our_epochs if 0 < our_epochs < ref_epochs else None
-    last_epoch = clip or max(our_epochs, ref_epochs)
-    few = last_epoch <= 20  # markers, or a single epoch is invisible
+    # A short run beside the reference's 100 epochs would be a few pixels wide: the reference
+    # is shown up to the first of its epochs that covers our longest run.
+    clip = min(ref_epochs, max(1, math.ceil(ours * 1000 / REFERENCE_TRAIN_IMAGES))) if runs else None
+    right = max(ours, (clip or ref_epochs) * REFERENCE_TRAIN_IMAGES / 1000)
+    few = sum(len(r["history"]) for r in runs.values()) <= 40 and (clip or ref_epochs) <= 20
     # The legend says which variants learn, from each run's own verdict (metrics/V.json).
     labels_of = {name: f"{name}: {run['metrics']['verdict']}" if run["metrics"].get("verdict") else name
                  for name, run in runs.items()}
@@ -267,14 +272,14 @@ def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
         for name, run in runs.items():
             h = run["history"]
             if column in h and len(h):
-                ax.plot(h["epoch"], h[column], color=colours[name], lw=1.6,
-                        marker="o" if few else None, ms=3, label=labels_of[name])
+                ax.plot(images_seen(run), h[column], color=colours[name], lw=1.8,
+                        marker="o" if few else None, ms=4, label=labels_of[name])
                 highest = max(highest, float(np.nanmax(pd.to_numeric(h[column], errors="coerce"))))
         for name, ref in reference.items():
             shown = ref[ref["epoch"] <= clip] if clip else ref
-            ax.plot(shown["epoch"], shown[column], ls="--", lw=1.4,
-                    color=colours.get(name, "black" if name == "VGG_08" else "grey"),
-                    marker="x" if few else None, ms=4, label=f"reference {name} (coursework)")
+            ax.plot(shown["epoch"] * REFERENCE_TRAIN_IMAGES / 1000, shown[column], ls="--", lw=1.4,
+                    color="black" if name == "VGG_08" else "dimgrey",
+                    marker="x" if few else None, ms=5, label=f"reference {name} (coursework)")
         title = label
         if column.endswith("acc"):
             ax.axhline(CHANCE_ACC, color="black", lw=0.7, ls=":")
@@ -285,20 +290,19 @@ def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
                 title += " (log scale)"
         ax.set_title(title)
         ax.set_ylabel(label)
-        ax.set_xlim(0.5, last_epoch + 0.5)  # a little room at both ends for single points
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlim(0, right * 1.03)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("training images seen (thousands)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], color="black", lw=0.7, ls=":"))
     labels.append("chance: loss ln(100), accuracy 0.01")
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
-    note = f"; reference shown for its first {clip} epochs" if clip else ""
+    note = f"; reference shown for its first {clip} epoch{'s' if clip != 1 else ''}" if clip else ""
     shipped = ", ".join(f"{name} {len(t)}" for name, t in reference.items())
-    fig.suptitle(f"Training curves per epoch ({summary}){note}\n"
-                 f"dashed: the coursework's published runs (CIFAR-100; epochs as shipped: "
-                 f"{shipped})", fontsize=10)
+    fig.suptitle(f"Training curves ({summary}){note}\n"
+                 f"dashed: the coursework's published runs (CIFAR-100, {REFERENCE_TRAIN_IMAGES:,} "
+                 f"images per epoch; epochs as shipped: {shipped})", fontsize=10)
     return save(fig, "training_curves.png")
 
 

@@ -126,7 +126,8 @@ class DataLimits:
 
 @dataclass(frozen=True)
 class SweepParams:
-    depths: tuple[int, ...] = (8, 14, 20, 26, 32, 38, 50, 74, 98)
+    # [] runs no sweep (the quick start)
+    depths: tuple[int, ...] = field(default=(8, 14, 20, 26, 32, 38, 50, 74, 98), metadata={"may_be_empty": True})
     fixes: tuple[str, ...] = ("none", "bn_rc")
     epochs: int = field(default=5, metadata=_check(1))
 
@@ -268,7 +269,7 @@ def _convert(value, tp, path: str, meta: dict):
             raise ParamsError(f"{path}: expected {_type_name(tp)}, got {value!r}")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            if not value:
+            if not value and not meta.get("may_be_empty"):
                 raise ParamsError(f"{path}: expected a non-empty list")
             return tuple(_convert(v, args[0], f"{path}[{i}]", meta) for i, v in enumerate(value))
         if len(value) != len(args):

@@ -145,6 +145,7 @@ class Result:
     seconds_per_epoch: float = 0.0
     images_per_second: float = 0.0
     device: str = "cpu"
+    n_train: int = 0  # training images per epoch
     n_val: int = 0  # validation images each epoch is evaluated on (the verdict's n)
 
     def grad_ratios(self) -> dict:
@@ -178,7 +179,7 @@ class Result:
         return {"variant": cfg.name, "status": self.status, "diverged_epoch": self.diverged_epoch,
                 "data_source": source, "epochs": cfg.train.epochs, "epochs_run": len(self.history),
                 "best_epoch": self.best_epoch, "params": self.num_params, "device": self.device,
-                "val_images": self.n_val,
+                "train_images": self.n_train, "val_images": self.n_val,
                 "precision": "bf16" if uses_bf16(torch.device(self.device), cfg.train.precision) else "fp32"}
 
     def timings(self) -> dict:
@@ -220,14 +221,15 @@ def capture_every(cfg: RunConfig, steps_per_epoch: int) -> int:
 
 
 def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None, checkpoint: Path | None = None,
-        capture: bool = True, progress: str = "", on_epoch=None) -> Result:
+        capture: bool = True, progress: str = "", on_epoch=None, stop_after: int | None = None) -> Result:
     """Train one variant. With `workdir`, save weight snapshots at the configured epochs and a
     resume checkpoint after every epoch there. `on_epoch(history)` is called after each epoch
-    (rank 0). The steps below, in the order they run: build, restore, then one epoch and its
-    end until the last epoch or a divergence, then finish."""
+    (rank 0). `stop_after` ends the run after that many epochs of its schedule (the
+    calibration: the first 3 of the coursework's 100). The steps below, in the order they run:
+    build, restore, then one epoch and its end until the last epoch or a divergence, then finish."""
     run = Training.build(cfg, dataset, workdir, progress, checkpoint)
     run.restore()
-    for epoch in range(run.start_epoch + 1, cfg.train.epochs + 1):
+    for epoch in range(run.start_epoch + 1, min(cfg.train.epochs, stop_after or cfg.train.epochs) + 1):
         totals = run.one_epoch(epoch, capture)
         if not run.end_of_epoch(epoch, totals, on_epoch):
             break
@@ -315,7 +317,7 @@ class Training:
                           {"config": cfg.to_dict(), "data": dataset.fingerprint(), "world": dist.world})
         result = Result([], [], [nm for nm, _ in probed], None, 0,
                         num_params=sum(p.numel() for p in model.parameters()), device=str(device),
-                        n_val=len(val))
+                        n_train=len(train_y), n_val=len(val))
         return cls(cfg, dataset, workdir, progress, device, dist, channels_last, model, optimizer,
                    scheduler, train_x, train_y, val, augment, grad_capture,
                    set(cfg.snapshot_epochs()), ckpt, result)

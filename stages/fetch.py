@@ -14,8 +14,9 @@ import urllib.request
 
 from gradflow import params as P
 from gradflow.cli import cli
-from gradflow.data import (CIFAR100_FILENAME, CIFAR100_MD5, CIFAR100_URL, DATASET_FILE, MANIFEST_FILE,
-                         RAW_DIR, DataError, build_dataset, read_cifar100_archive, synthetic)
+from gradflow.data import (CALIBRATED, CIFAR100_FILENAME, CIFAR100_MD5, CIFAR100_URL, DATASET_FILE,
+                           MANIFEST_FILE, RAW_DIR, DataError, StandIn, build_dataset, read_cifar100_archive,
+                           synthetic)
 from gradflow.files import md5sum, torch_save, write_json
 
 
@@ -53,9 +54,9 @@ def cifar100_source(data: P.DataParams) -> tuple[dict, dict]:
     return dataset, {"archive": CIFAR100_FILENAME, "archive_md5": CIFAR100_MD5, "url": CIFAR100_URL}
 
 
-def synthetic_source(data: P.DataParams) -> tuple[dict, dict]:
-    train_x, train_y = synthetic(data.synthetic_train_size, data.seed, stream=0)
-    test_x, test_y = synthetic(data.synthetic_test_size, data.seed, stream=1)
+def synthetic_source(data: P.DataParams, stand_in: StandIn = CALIBRATED) -> tuple[dict, dict]:
+    train_x, train_y = synthetic(data.synthetic_train_size, data.seed, stream=0, stand_in=stand_in)
+    test_x, test_y = synthetic(data.synthetic_test_size, data.seed, stream=1, stand_in=stand_in)
     classes = [f"class_{i:02d}" for i in range(100)]
     dataset = build_dataset(train_x, train_y, test_x, test_y, classes,
                             seed=data.seed, val_size=data.val_size)

@@ -233,13 +233,22 @@ def test_synthetic_labels_cover_the_classes():
 
 
 def test_synthetic_classes_are_distinguishable():
-    """Same-class images are closer to their class mean than to other classes' means: the
-    source carries a signal a network can learn."""
-    x, y = synthetic(2000, seed=0, stream=0)
-    x = x.float().flatten(1)
-    means = torch.stack([x[y == c].mean(0) for c in range(100)])
-    nearest = torch.cdist(x, means).argmin(1)
-    assert (nearest == y).float().mean() > 0.5
+    """Held-out images are nearer their class's mean training image than chance allows: the
+    source carries a signal a network can learn (measured: 0.41 with 20,000 training images),
+    though the clutter keeps it well below the old easy stand-in's."""
+    x, y = synthetic(10_000, seed=0, stream=0)
+    means = torch.stack([x[y == c].float().flatten(1).mean(0) for c in range(100)])
+    held_x, held_y = synthetic(1000, seed=0, stream=1)
+    nearest = torch.cdist(held_x.float().flatten(1), means).argmin(1)
+    assert 0.15 < (nearest == held_y).float().mean() < 0.9
+
+
+def test_synthetic_looks_like_cifar_in_its_pixel_statistics():
+    """Per-channel mean and std close to CIFAR's (0.49-0.45 mean, 0.20-0.26 std), so the
+    normalisation in params.yaml gives inputs of the scale the networks expect."""
+    x = synthetic(2000, seed=0, stream=0)[0].float() / 255
+    assert ((x.mean(dim=(0, 2, 3)) - 0.48).abs() < 0.05).all()
+    assert ((x.std(dim=(0, 2, 3)) - 0.23).abs() < 0.04).all()
 
 
 # --- split and limits -------------------------------------------------------------------------

@@ -338,7 +338,8 @@ def fake_run(name: str, epochs: int, layers: list[str], grad: float, verdict: st
                           "mean_abs_grad": grad * (i + 1) * (e + 1), "act_std": 1.0,
                           "depth": d}
                          for e in (0, epochs) for i, (layer, d) in enumerate(zip(layers, depth_positions(layers)))])
-    metrics = {"data_source": "synthetic", "epochs": epochs, "device": "cpu", "status": "ok"}
+    metrics = {"data_source": "synthetic", "epochs": epochs, "device": "cpu", "status": "ok",
+               "train_images": 5000}
     if verdict:
         metrics["verdict"] = verdict
     return {"metrics": metrics, "history": history, "capture": pd.DataFrame(), "flow": flow}
@@ -360,7 +361,7 @@ def drawn(tmp_path, monkeypatch) -> dict:
         Fg.plt.close(fig)
 
 
-def test_training_curves_reference_dashed_over_our_epochs(drawn):
+def test_training_curves_on_images_seen_beside_as_much_reference(drawn):
     runs = {"VGG_08": fake_run("VGG_08", 3, ["c_conv_0"], 1e-3, "learns"),
             "VGG_38": fake_run("VGG_38", 3, ["c_conv_0"], 1e-3, "stuck at chance")}
     reference = {name: pd.DataFrame({"epoch": range(1, 101), "train_loss": 4.0, "val_loss": 4.0,
@@ -373,12 +374,14 @@ def test_training_curves_reference_dashed_over_our_epochs(drawn):
     assert lines["VGG_08: learns"].get_linestyle() == "-"
     assert lines["VGG_38: stuck at chance"].get_color() == colours["VGG_38"]
     ref = lines["reference VGG_08 (coursework)"]
-    assert ref.get_linestyle() == "--" and list(ref.get_xdata()) == [1, 2, 3]  # its first epochs
-    assert ref.get_color() == colours["VGG_08"]
+    # 3 epochs of 5,000 images: 15,000 images, drawn beside the reference's first epoch (47,500)
+    assert list(lines["VGG_08: learns"].get_xdata()) == [5, 10, 15]
+    assert ref.get_linestyle() == "--" and list(ref.get_xdata()) == [47.5]
+    assert ref.get_color() == "black"
     assert any(list(line.get_ydata()) == [Fg.CHANCE_LOSS] * 2 for line in loss_ax.get_lines())
     acc_ax = fig.axes[3]
     assert any(list(line.get_ydata()) == [Fg.CHANCE_ACC] * 2 for line in acc_ax.get_lines())
-    assert [int(t) for t in loss_ax.get_xticks() if 1 <= t <= 3] == [1, 2, 3]
+    assert loss_ax.get_xlim()[1] >= 47.5 and "images seen" in fig.axes[2].get_xlabel()
 
 
 def test_gradient_flow_aligned_by_depth_and_no_variant_hidden(drawn):
@@ -403,8 +406,9 @@ def test_gradient_flow_aligned_by_depth_and_no_variant_hidden(drawn):
 
 
 def test_training_curves_clip_the_reference_by_history_without_run_details(drawn):
-    """Metrics without `epochs` (run details missing): the reference is still clipped to the
-    epochs our history holds, so 3 epochs are not squeezed beside the reference's 100."""
+    """Metrics without run details (how many images an epoch had): the run is not placed at a
+    made-up position, and the reference is still clipped (to its first epoch), so a short run
+    is not squeezed beside the reference's 100 epochs."""
     run = fake_run("VGG_08", 3, ["c_conv_0"], 1e-3)
     run["metrics"] = {}
     reference = {"VGG_08": pd.DataFrame({"epoch": range(1, 101), "train_loss": 4.0, "val_loss": 4.0,
@@ -412,5 +416,7 @@ def test_training_curves_clip_the_reference_by_history_without_run_details(drawn
     Fg.training_curves({"VGG_08": run}, reference, Fg.variant_colours(["VGG_08"]))
     ax = drawn["training_curves.png"].axes[0]
     ref = [line for line in ax.get_lines() if line.get_label().startswith("reference")][0]
-    assert list(ref.get_xdata()) == [1, 2, 3] and ax.get_xlim() == (0.5, 3.5)
+    assert list(ref.get_xdata()) == [47.5] and ax.get_xlim()[1] < 50
+    ours = [line for line in ax.get_lines() if line.get_label() == "VGG_08"][0]
+    assert np.isnan(ours.get_xdata()).all()
     assert "data: n/a" in drawn["training_curves.png"]._suptitle.get_text()
