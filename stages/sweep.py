@@ -15,7 +15,7 @@ from gradflow import params as P
 from gradflow import paths
 from gradflow.cli import cli
 from gradflow.data import load_dataset
-from gradflow.files import write_json
+from gradflow.files import require_writable, write_json
 from gradflow.probe import predicted_log10_ratio
 from gradflow.training import fit
 
@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
     if cfg.name != f"{args.depth}-{args.fix}":
         raise P.ParamsError(f"{args.config}: the config of sweep point {cfg.name!r}, "
                             f"not of {args.depth}-{args.fix}")
+    require_writable([paths.sweep_metrics(args.depth, args.fix).parent])  # before training, not after
     dataset = load_dataset(cfg.data)
     result = fit(cfg, dataset, progress="sweep ")
     metrics = {k: v for k, v in result.metrics().items() if not k.startswith("test_")}  # no test pass

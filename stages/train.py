@@ -28,7 +28,7 @@ from gradflow import paths
 from gradflow.capture import COLUMNS
 from gradflow.cli import cli
 from gradflow.data import load_dataset
-from gradflow.files import torch_save, write_csv, write_json
+from gradflow.files import require_writable, torch_save, write_csv, write_json
 from gradflow.live import LiveLog
 from gradflow.training import Result, fit
 
@@ -69,9 +69,13 @@ def main(argv: list[str]) -> None:
         raise P.ParamsError(f"{args.config}: the config of {cfg.name!r}, not of {args.variant!r}")
     if cfg.train.distributed and "WORLD_SIZE" not in os.environ:
         relaunch_under_torchrun(cfg.name, args.config)
-    dataset = load_dataset(cfg.data)
     workdir = paths.workdir(cfg.name)
-    workdir.mkdir(parents=True, exist_ok=True)
+    # Every folder an output goes to, before any work: an immutable models/ found after the
+    # last epoch would cost the whole run.
+    require_writable([paths.model(cfg.name).parent, workdir, paths.checkpoint(cfg.name).parent,
+                      paths.metrics(cfg.name).parent, paths.history(cfg.name).parent,
+                      paths.grad_capture(cfg.name).parent])
+    dataset = load_dataset(cfg.data)
     live = LiveLog(cfg.name, enabled=int(os.environ.get("RANK", 0)) == 0)
     result = fit(cfg, dataset, workdir=workdir, checkpoint=paths.checkpoint(cfg.name), on_epoch=live.epoch)
     import torch.distributed as dist
