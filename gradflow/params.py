@@ -47,6 +47,11 @@ class DataParams:
     synthetic_test_size: int = field(default=10000, metadata=_check(1))
 
 
+def data_sources() -> tuple[str, ...]:
+    """The values data.source accepts (its Literal): what a manifest's `source` may say."""
+    return typing.get_args(typing.get_type_hints(DataParams)["source"])
+
+
 @dataclass(frozen=True)
 class ModelParams:
     filters: int = field(default=32, metadata=_check(1))
@@ -407,6 +412,10 @@ def load_resolved(path: Path | str, cls=None):
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ParamsError(f"{path}: not a resolved config ({e}); rerun the check stage "
                           f"(dvc repro check)") from None
+    except OSError as e:  # a folder (--config data/config), no right to read it
+        raise ParamsError(f"{path}: not a resolved config ({e.strerror or type(e).__name__}; pass the "
+                          f"file, e.g. data/config/<variant>.json); rerun the check stage (dvc repro check) "
+                          f"if it is missing") from None
     return _build(cls, raw, str(path))
 
 

@@ -30,9 +30,9 @@ from gradflow.cli import cli
 from gradflow.data import load_dataset
 from gradflow.files import require_writable, torch_save, write_csv, write_json
 from gradflow.live import LiveLog
+from gradflow.tables import HISTORY_COLUMNS
 from gradflow.training import Result, fit
 
-HISTORY_COLUMNS = ("variant", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
 def write_outputs(cfg: P.RunConfig, result: Result, source: str) -> dict:

@@ -219,3 +219,82 @@ def test_an_interrupted_train_stage_exits_with_the_conventional_code(copy, signu
                                                   f"after epoch {held} of 3; rerun to resume"), err
     assert torch.load(ckpt, weights_only=True)["epoch"] == held
     assert stray_temporaries(copy / ".tmp", copy / "models") == []
+
+
+# --- the plots stage checks what it reads ------------------------------------------------------
+
+def truncate_to(rel: str, size: int):
+    def damage(project: Path) -> None:
+        data = (project / rel).read_bytes()
+        assert len(data) > size
+        (project / rel).write_bytes(data[:size])
+    return damage
+
+
+PLOTS_INPUTS = {
+    "metrics-foreign-keys": (lambda p: (p / "metrics/VGG_08.json").write_text('{"a": 1}\n'),
+                             ["metrics/VGG_08.json", "'verdict'", "dvc repro -f train@VGG_08"]),
+    "metrics-verdict-number": (lambda p: (p / "metrics/VGG_08.json").write_text(json.dumps(
+        {**json.loads((p / "metrics/VGG_08.json").read_text()), "verdict": 3})),
+        ["metrics/VGG_08.json", "verdict is 3", "train@VGG_08"]),
+    "history-empty": (lambda p: (p / "plots/history/VGG_08.csv").write_bytes(b""),
+                      ["plots/history/VGG_08.csv", "empty", "dvc repro -f train@VGG_08"]),
+    "grad-flow-truncated": (truncate_to("plots/grad_flow/VGG_08.csv", 100),
+                            ["plots/grad_flow/VGG_08.csv", "truncated", "dvc repro -f gradients@VGG_08"]),
+    "grad-capture-foreign": (lambda p: (p / "plots/grad_capture/VGG_08.csv").write_bytes(
+        (p / "plots/history/VGG_08.csv").read_bytes()),
+        ["plots/grad_capture/VGG_08.csv", "columns", "train@VGG_08"]),
+    "history-other-variant": (lambda p: (p / "plots/history/VGG_08.csv").write_text(
+        (p / "plots/history/VGG_08.csv").read_text().replace("VGG_08,", "VGG_38,")),
+        ["plots/history/VGG_08.csv", "'VGG_38'", "train@VGG_08"]),
+    "sweep-point-foreign": (lambda p: ((p / "metrics/sweep").mkdir(exist_ok=True),
+                                       (p / "metrics/sweep/8-none.json").write_text('{"depth": 8}')),
+                            ["metrics/sweep/8-none.json", "'fix'", "sweep@8-none"]),
+}
+
+
+@pytest.mark.parametrize("case", list(PLOTS_INPUTS))
+def test_the_plots_stage_refuses_a_damaged_input_in_one_line(copy, case):
+    damage, fragments = PLOTS_INPUTS[case]
+    damage(copy)
+    proc = stage("plots", cwd=copy, check=False)
+    one_line(proc, *fragments, notes="plots: ")
+    assert not (copy / "plots" / "results.md").exists()  # nothing drawn from it
+
+
+def test_the_plots_stage_still_draws_the_undamaged_base(copy):
+    """The refusals above come from the damage, not from the base tables."""
+    proc = stage("plots", cwd=copy)
+    assert "1 of 2 variants" in proc.stderr and (copy / "plots" / "results.md").is_file()
+
+
+# --- params and arguments ----------------------------------------------------------------------
+
+def test_probe_size_zero_is_refused_not_replaced(copy):
+    one_line(stage("gradients", "VGG_08", "--probe-size", "0", cwd=copy, check=False),
+             "--probe-size", "must be >= 1", "got 0")
+
+
+def test_a_snapshot_of_another_variant_is_one_line_with_a_remedy(copy):
+    import torch
+    from gradflow import params as P
+    from gradflow.model import VGG
+    cfg = P.parse(yaml.safe_load((copy / "params.yaml").read_text())).run("VGG_08")
+    other = VGG(P.Variant(depth=14), cfg.model)
+    torch.save({"epoch": 1, "model": other.state_dict()}, copy / "models/VGG_08/epoch_001.pt")
+    line = one_line(stage("gradients", "VGG_08", cwd=copy, check=False), "models/VGG_08/epoch_001.pt",
+                    "not a snapshot of variant VGG_08", "dvc repro -f train@VGG_08")
+    assert "Unexpected key" not in line and len(line) < 400
+
+
+def test_a_config_folder_is_one_line(copy):
+    (copy / "data" / "config").mkdir(parents=True, exist_ok=True)
+    one_line(stage("train", "VGG_08", "--config", "data/config", cwd=copy, check=False),
+             "data/config", "not a resolved config", "dvc repro check")
+
+
+def test_a_manifest_with_an_unknown_source_is_one_line(copy):
+    manifest = copy / "data" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "source": "x"}))
+    one_line(stage("train", "VGG_08", cwd=copy, check=False), "data/manifest.json", "'x'",
+             "dvc repro -f fetch")
