@@ -24,6 +24,7 @@ from gradflow.errors import ParamsError  # re-exported: stages and tests use P.P
 PARAMS_FILE = Path("params.yaml")
 SECTIONS = ("data", "model", "train", "variants", "gradients", "sweep")  # all required in the file
 CIFAR100_TRAIN_SIZE = 50_000  # data.val_size must stay below it
+MAX_NAME = 100  # characters in a variant's name; file names stop at 255 bytes
 
 
 
@@ -248,6 +249,9 @@ def _convert(value, tp, path: str, meta: dict):
         for k, v in value.items():
             if not isinstance(k, str) or not k.replace("_", "").isalnum():
                 raise ParamsError(f"{path}.{k}: names may use letters, digits and '_' only")
+            if len(k) > MAX_NAME:  # it names files: models/.resume/<name>.pt.corrupt, temporaries
+                raise ParamsError(f"{path}.{k[:24]}...: a name of {len(k)} characters; at most "
+                                  f"{MAX_NAME} (it names the run's files)")
             out[k] = _convert(v if v is not None else {}, value_type, f"{path}.{k}", {})
         return out
     if origin in (Union, types.UnionType):
@@ -419,11 +423,39 @@ def load_resolved(path: Path | str, cls=None):
     return _build(cls, raw, str(path))
 
 
+def _duplicate_key(text: str) -> tuple[str, int] | None:
+    """(key path, line) of the first key given twice in one mapping. PyYAML keeps the last
+    silently; DVC's parser refuses the file, so the project's loader refuses it too."""
+    seen, stack = set(), [(yaml.compose(text, Loader=_Loader), "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:  # an alias: walked once (a YAML alias bomb stays cheap)
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys = set()
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else repr(key.value)
+                full = f"{path}.{name}".lstrip(".")
+                if name in keys:
+                    return full, key.start_mark.line + 1
+                keys.add(name)
+                stack.append((value, full))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+    return None
+
+
 def load(path: Path | str = PARAMS_FILE, dvc_yaml: Path | None = None) -> Params:
     """params.yaml, parsed and validated. The check stage passes `dvc_yaml` as well, to refuse a
     key that a stage declares there but the file lacks (the other stages do not read dvc.yaml)."""
     try:
-        raw = yaml.load(Path(path).read_text(), Loader=_Loader)
+        text = Path(path).read_text()
+        duplicate = _duplicate_key(text)
+        if duplicate:
+            raise ParamsError(f"{duplicate[0]}: given twice in {path} (line {duplicate[1]} repeats it); "
+                              f"keep one")
+        raw = yaml.load(text, Loader=_Loader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found (run from the project root)") from None
     except yaml.YAMLError as e:

@@ -23,6 +23,7 @@ from gradflow import params as P
 from gradflow import paths
 from gradflow.cli import cli
 from gradflow.files import write_text
+from gradflow.memory import require_fits
 
 
 @cli
@@ -32,6 +33,7 @@ def main(argv: list[str]) -> None:
     parser.parse_args(argv)
     params = P.load(dvc_yaml=paths.DVC_YAML)
     P.device_error(params.train.device)  # a device this machine lacks (imports torch only then)
+    require_fits(params)  # a run too big for the device's memory (gradflow/memory.py)
     configs = {paths.data_config(): P.resolved_json(params.data)}
     configs.update({paths.run_config(name): run.to_json() for name, run in params.runs().items()})
     for path, text in configs.items():

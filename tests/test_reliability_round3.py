@@ -298,3 +298,81 @@ def test_a_manifest_with_an_unknown_source_is_one_line(copy):
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "source": "x"}))
     one_line(stage("train", "VGG_08", cwd=copy, check=False), "data/manifest.json", "'x'",
              "dvc repro -f fetch")
+
+
+def check_refuses(project: Path, text: str, *fragments: str) -> str:
+    """params.yaml = text: the check stage refuses in one line, and writes or deletes nothing."""
+    (project / "params.yaml").write_text(text)
+    before = files(project)
+    line = one_line(stage("check", cwd=project, check=False), *fragments)
+    assert files(project) == before
+    return line
+
+
+def test_a_run_too_big_for_memory_is_refused_by_the_check(project):
+    """-S model.filters=100000: about 9,500 GiB, refused naming the key (it used to pass the
+    check, and training tracebacked allocating 360 GB after DVC had deleted the outputs)."""
+    line = check_refuses(project, yaml.safe_dump(setting("model.filters", 100_000)(tiny()), sort_keys=False),
+                         "model.filters", "GiB", "lower model.filters")
+    assert line.startswith("error: model.filters: ")
+
+
+def test_the_memory_estimate_passes_the_shipped_params():
+    """The refusal is for what cannot fit: the default params.yaml passes on a CPU with 8 GiB."""
+    import dataclasses
+    from gradflow import memory
+    from gradflow import params as P
+    params = P.load(ROOT / "params.yaml")
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, device="cpu"))
+    real = memory.memory_of
+    memory.memory_of = lambda device, need: (8 << 30, "an 8 GiB machine")
+    try:
+        memory.require_fits(params)
+    finally:
+        memory.memory_of = real
+
+
+def test_a_250_character_variant_name_is_one_line(project):
+    params = tiny()
+    params["variants"]["V" * 250] = {"depth": 8}
+    check_refuses(project, yaml.safe_dump(params, sort_keys=False), "variants.VVVV", "250 characters", "at most 100")
+
+
+def test_a_duplicate_key_is_refused_by_the_projects_own_loader(project):
+    text = yaml.safe_dump(tiny(), sort_keys=False).replace("  batch_size: 100\n",
+                                                           "  batch_size: 100\n  batch_size: 50\n", 1)
+    assert text.count("batch_size: ") >= 2
+    check_refuses(project, text, "train.batch_size", "given twice", "keep one")
+
+
+# --- user files --------------------------------------------------------------------------------
+
+def test_a_second_bad_archive_never_overwrites_the_first_set_aside(project, monkeypatch, capsys):
+    import stages.fetch
+    from gradflow.errors import DataError
+    from gradflow.params import DataParams
+    monkeypatch.chdir(project)
+    raw = project / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "cifar-100-python.tar.gz.corrupt").write_bytes(b"the user's earlier copy")
+    (raw / "cifar-100-python.tar.gz").write_bytes(b"a new bad archive")
+
+    def offline():
+        raise DataError("cannot download CIFAR-100 (offline)")
+    monkeypatch.setattr(stages.fetch, "download_cifar100", offline)
+    with pytest.raises(DataError, match="offline"):
+        stages.fetch.cifar100_source(DataParams(source="cifar100", val_size=20))
+    assert (raw / "cifar-100-python.tar.gz.corrupt").read_bytes() == b"the user's earlier copy"
+    assert (raw / "cifar-100-python.tar.gz.corrupt.1").read_bytes() == b"a new bad archive"
+    assert "moved it to data/raw/cifar-100-python.tar.gz.corrupt.1" in capsys.readouterr().err
+
+
+def test_a_second_damaged_checkpoint_keeps_the_first_set_aside(tmp_path, capsys):
+    from gradflow.training import Checkpoint
+    path = tmp_path / "VGG_08.pt"
+    (tmp_path / "VGG_08.pt.corrupt").write_bytes(b"first")
+    path.write_bytes(b"second")
+    assert Checkpoint(path, {}).load() is None
+    assert (tmp_path / "VGG_08.pt.corrupt").read_bytes() == b"first"
+    assert (tmp_path / "VGG_08.pt.corrupt.1").read_bytes() == b"second"
+    assert f"moved it to {tmp_path / 'VGG_08.pt.corrupt.1'}" in capsys.readouterr().err
