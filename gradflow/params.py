@@ -446,6 +446,37 @@ def _duplicate_key(text: str) -> tuple[str, int] | None:
     return None
 
 
+def _first_difference(a, b, path: str = "") -> str:
+    """The first key path where two resolved configs differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}".lstrip("."))
+    return f"{path}: {a!r} -> {b!r}"
+
+
+def require_unchanged(config_path: Path | str, cfg: RunConfig, stage: str) -> None:
+    """ParamsError unless params.yaml still resolves to `cfg`, the config this run used (read
+    from `config_path` when it started). DVC writes `dvc exp run -S` values into params.yaml
+    before it takes its lock, so a second `dvc exp run` in the same workspace can change the
+    params under a running one, which would then record the other run's values with its own
+    outputs. Called before a stage writes its outputs: then it writes none."""
+    name = Path(config_path).stem
+    advice = ("another `dvc exp run` in this workspace? Run experiments side by side with "
+              "`dvc exp run --queue ...` and `dvc queue start`; then rerun this one")
+    try:
+        current = load().runs().get(name)
+    except ParamsError as e:
+        raise ParamsError(f"params.yaml changed while {stage} ran and is now refused ({e}); its outputs "
+                          f"are not written; {advice}") from None
+    if current is None or current.to_json() != cfg.to_json():
+        what = ("it no longer has this run" if current is None else
+                _first_difference(json.loads(cfg.to_json()), json.loads(current.to_json())))
+        raise ParamsError(f"params.yaml changed while {stage} ran: {config_path} is no longer what it "
+                          f"resolves to ({what}), so its outputs are not written (they would be recorded "
+                          f"with the new params); {advice}")
+
+
 def load(path: Path | str = PARAMS_FILE, dvc_yaml: Path | None = None) -> Params:
     """params.yaml, parsed and validated. The check stage passes `dvc_yaml` as well, to refuse a
     key that a stage declares there but the file lacks (the other stages do not read dvc.yaml)."""

@@ -46,6 +46,8 @@ def main(argv: list[str]) -> None:
     require_writable([paths.grad_flow(cfg.name).parent])
     dataset = load_dataset(cfg.data)
     rows, n_probe = probe_run(cfg, dataset, probe_size, pick_device(cfg.train.device))
+    if args.config:  # params.yaml must still say what this run used (a concurrent dvc exp run)
+        P.require_unchanged(args.config, cfg, f"gradients@{cfg.name}")
     write_csv(paths.grad_flow(cfg.name), PROBE_COLUMNS, rows)
     print(f"gradients: {cfg.name}: {len(rows)} rows on {n_probe} probe images -> {paths.grad_flow(cfg.name)}",
           file=sys.stderr)

@@ -36,6 +36,8 @@ def main(argv: list[str]) -> None:
     require_writable([paths.sweep_metrics(args.depth, args.fix).parent])  # before training, not after
     dataset = load_dataset(cfg.data)
     result = fit(cfg, dataset, progress="sweep ")
+    if args.config:  # params.yaml must still say what this run trained with (a concurrent dvc exp run)
+        P.require_unchanged(args.config, cfg, f"sweep@{cfg.name}")
     metrics = {k: v for k, v in result.metrics().items() if not k.startswith("test_")}  # no test pass
     metrics["log10_grad_ratio_predicted"] = predicted_log10_ratio(cfg, dataset)
     write_json(paths.sweep_metrics(args.depth, args.fix), {"depth": args.depth, "fix": args.fix, **metrics})

@@ -84,6 +84,8 @@ def main(argv: list[str]) -> None:
         dist.destroy_process_group()
         if rank != 0:
             return
+    if args.config:  # params.yaml must still say what this run trained with (a concurrent dvc exp run)
+        P.require_unchanged(args.config, cfg, f"train@{cfg.name}")
     metrics = write_outputs(cfg, result, dataset.source)
     live.end({**result.timings(), **metrics})
     paths.checkpoint(cfg.name).unlink(missing_ok=True)  # the run is complete: nothing to resume

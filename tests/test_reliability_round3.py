@@ -376,3 +376,27 @@ def test_a_second_damaged_checkpoint_keeps_the_first_set_aside(tmp_path, capsys)
     assert (tmp_path / "VGG_08.pt.corrupt").read_bytes() == b"first"
     assert (tmp_path / "VGG_08.pt.corrupt.1").read_bytes() == b"second"
     assert f"moved it to {tmp_path / 'VGG_08.pt.corrupt.1'}" in capsys.readouterr().err
+
+
+# --- params.yaml changed under a running experiment ----------------------------------------------
+
+def test_params_changed_while_training_writes_no_outputs_and_says_so(copy):
+    """What a second `dvc exp run -S train.lr=0.003` in the same workspace does to a running one
+    (DVC writes -S into params.yaml before it takes its lock): the running train stage sees that
+    params.yaml no longer resolves to the config it trained with and writes no outputs, so no
+    experiment records the other run's params with these outputs."""
+    write_params(copy, base=setting("train.epochs", 3)(setting("data.synthetic_train_size", 2200)(tiny())))
+    stage("fetch", cwd=copy)
+    stage("check", cwd=copy)
+    before = {rel: (copy / rel).read_bytes() for rel in ("models/VGG_08.pt", "metrics/VGG_08.json")}
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    proc = subprocess.Popen([PYTHON, "-m", "stages.train", "VGG_08", "--config", "data/config/VGG_08.json"],
+                            cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = copy / "models" / ".resume" / "VGG_08.pt"
+    kill_after_epoch(proc, ckpt, 1, 180, kill=lambda: write_params(
+        copy, base=setting("train.lr", 0.003)(setting("train.epochs", 3)(setting("data.synthetic_train_size", 2200)(tiny())))))
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", proc.stderr.read())
+    one_line(result, "params.yaml changed while train@VGG_08 ran", "train.lr: 0.001 -> 0.003",
+             "dvc queue start", notes="train: ")
+    assert {rel: (copy / rel).read_bytes() for rel in before} == before  # the earlier outputs, untouched
+    assert ckpt.is_file()  # the trained epochs are kept
