@@ -455,12 +455,36 @@ def _first_difference(a, b, path: str = "") -> str:
     return f"{path}: {a!r} -> {b!r}"
 
 
-def require_unchanged(config_path: Path | str, cfg: RunConfig, stage: str) -> None:
+def params_stamp(path: Path | str = PARAMS_FILE) -> list | None:
+    """params.yaml's size, mtime and inode (a stat: no read), or None without the file."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def checked_stamp() -> list | None:
+    """The stamp of params.yaml as the check stage validated it (paths.CHECKED_PARAMS), or,
+    without one (a stage run by hand), the file's stamp now: what `require_unchanged` compares."""
+    from gradflow import paths
+    try:
+        stamp = json.loads(paths.CHECKED_PARAMS.read_text())
+    except (OSError, ValueError):
+        return params_stamp()
+    return stamp if isinstance(stamp, list) else params_stamp()
+
+
+def require_unchanged(config_path: Path | str, cfg: RunConfig, stage: str, stamp: list | None) -> None:
     """ParamsError unless params.yaml still resolves to `cfg`, the config this run used (read
     from `config_path` when it started). DVC writes `dvc exp run -S` values into params.yaml
     before it takes its lock, so a second `dvc exp run` in the same workspace can change the
     params under a running one, which would then record the other run's values with its own
-    outputs. Called before a stage writes its outputs: then it writes none."""
+    outputs. Called before a stage writes its outputs: then it writes none. params.yaml is
+    reread only when its stamp differs from `stamp` (checked_stamp() at the stage's start), so
+    an undisturbed run never reads it: it is no input of the stage's outputs."""
+    if params_stamp() == stamp:
+        return
     name = Path(config_path).stem
     advice = ("another `dvc exp run` in this workspace? Run experiments side by side with "
               "`dvc exp run --queue ...` and `dvc queue start`; then rerun this one")

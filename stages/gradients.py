@@ -36,6 +36,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--probe-size", type=int, help="probe images (dvc.yaml passes "
                         "gradients.probe_size); default: params.yaml's")
     args = parser.parse_args(argv)
+    stamp = P.checked_stamp()  # params.yaml as the check saw it: compared before writing outputs
     params = None if args.config and args.probe_size is not None else P.load()
     cfg = P.load_resolved(args.config) if args.config else params.run(args.variant)
     if cfg.name != args.variant:
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> None:
     dataset = load_dataset(cfg.data)
     rows, n_probe = probe_run(cfg, dataset, probe_size, pick_device(cfg.train.device))
     if args.config:  # params.yaml must still say what this run used (a concurrent dvc exp run)
-        P.require_unchanged(args.config, cfg, f"gradients@{cfg.name}")
+        P.require_unchanged(args.config, cfg, f"gradients@{cfg.name}", stamp)
     write_csv(paths.grad_flow(cfg.name), PROBE_COLUMNS, rows)
     print(f"gradients: {cfg.name}: {len(rows)} rows on {n_probe} probe images -> {paths.grad_flow(cfg.name)}",
           file=sys.stderr)

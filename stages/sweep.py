@@ -28,6 +28,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--config", help="the point's resolved config, written by the check stage "
                         "(dvc.yaml passes data/config/sweep-<depth>-<fix>.json); default: params.yaml")
     args = parser.parse_args(argv)
+    stamp = P.checked_stamp()  # params.yaml as the check saw it: compared before writing outputs
     cfg = (P.load_resolved(args.config) if args.config
            else P.load().sweep_run(args.depth, args.fix))
     if cfg.name != f"{args.depth}-{args.fix}":
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> None:
     dataset = load_dataset(cfg.data)
     result = fit(cfg, dataset, progress="sweep ")
     if args.config:  # params.yaml must still say what this run trained with (a concurrent dvc exp run)
-        P.require_unchanged(args.config, cfg, f"sweep@{cfg.name}")
+        P.require_unchanged(args.config, cfg, f"sweep@{cfg.name}", stamp)
     metrics = {k: v for k, v in result.metrics().items() if not k.startswith("test_")}  # no test pass
     metrics["log10_grad_ratio_predicted"] = predicted_log10_ratio(cfg, dataset)
     write_json(paths.sweep_metrics(args.depth, args.fix), {"depth": args.depth, "fix": args.fix, **metrics})

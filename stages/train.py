@@ -64,6 +64,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--config", help="the variant's resolved config, written by the check stage "
                         "(dvc.yaml passes data/config/<variant>.json); default: resolve params.yaml")
     args = parser.parse_args(argv)
+    stamp = P.checked_stamp()  # params.yaml as the check saw it: compared before writing outputs
     cfg = P.load_resolved(args.config) if args.config else P.load().run(args.variant)
     if cfg.name != args.variant:
         raise P.ParamsError(f"{args.config}: the config of {cfg.name!r}, not of {args.variant!r}")
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> None:
         if rank != 0:
             return
     if args.config:  # params.yaml must still say what this run trained with (a concurrent dvc exp run)
-        P.require_unchanged(args.config, cfg, f"train@{cfg.name}")
+        P.require_unchanged(args.config, cfg, f"train@{cfg.name}", stamp)
     metrics = write_outputs(cfg, result, dataset.source)
     live.end({**result.timings(), **metrics})
     paths.checkpoint(cfg.name).unlink(missing_ok=True)  # the run is complete: nothing to resume

@@ -400,3 +400,21 @@ def test_params_changed_while_training_writes_no_outputs_and_says_so(copy):
              "dvc queue start", notes="train: ")
     assert {rel: (copy / rel).read_bytes() for rel in before} == before  # the earlier outputs, untouched
     assert ckpt.is_file()  # the trained epochs are kept
+
+
+def test_params_touched_but_resolving_the_same_passes_and_a_change_is_named(project, monkeypatch):
+    """The guard compares resolved configs, not bytes: a touch or a comment passes; it rereads
+    params.yaml only when its stat differs from what the check stage recorded."""
+    from gradflow import params as P
+    monkeypatch.chdir(project)
+    stage("check", cwd=project)
+    stamp = P.checked_stamp()
+    assert stamp == P.params_stamp()  # recorded by the check, equal to the file's now
+    cfg = P.load_resolved("data/config/VGG_08.json")
+    P.require_unchanged("data/config/VGG_08.json", cfg, "train@VGG_08", stamp)
+    (project / "params.yaml").write_text((project / "params.yaml").read_text() + "# a comment\n")
+    assert P.params_stamp() != stamp
+    P.require_unchanged("data/config/VGG_08.json", cfg, "train@VGG_08", stamp)
+    write_params(project, base=setting("model.filters", 16)(tiny()))
+    with pytest.raises(P.ParamsError, match=rf"model\.filters: {cfg.model.filters} -> 16"):
+        P.require_unchanged("data/config/VGG_08.json", cfg, "train@VGG_08", stamp)
