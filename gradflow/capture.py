@@ -18,9 +18,8 @@ import re
 import torch
 
 from gradflow.model import depth_positions
-
-STATS = ("mean_abs_grad", "grad_norm", "max_abs_grad", "weight_norm", "update_ratio")
-COLUMNS = ("variant", "epoch", "step", "layer_index", "layer") + STATS + ("depth",)
+from gradflow.tables import CAPTURE_COLUMNS as COLUMNS  # noqa: F401  (the columns: gradflow/tables.py)
+from gradflow.tables import STATS
 
 
 def grad_stats(params: list[torch.Tensor], numel: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from gradflow import paths
 from gradflow.errors import DataError
 from gradflow.files import md5sum, read_json, require_keys, torch_load
-from gradflow.params import DataLimits
+from gradflow.params import DataLimits, data_sources
 
 DATASET_FILE, MANIFEST_FILE, RAW_DIR = paths.DATASET, paths.MANIFEST, paths.RAW
 
@@ -186,6 +186,9 @@ def load_dataset(data: DataLimits, path: Path = DATASET_FILE, manifest: Path = M
     """Load the fetch stage's file after checking it against its manifest."""
     refetch = "rerun the fetch stage (dvc repro -f fetch)"
     info = require_keys(manifest, read_json(manifest, refetch), ("source", "dataset_md5"), refetch)
+    if info["source"] not in data_sources():  # the values of params' data.source
+        raise DataError(f"{manifest}: source {info['source']!r} is not one the fetch stage writes "
+                        f"({', '.join(data_sources())}); {refetch}")
     if not Path(path).is_file():
         raise DataError(f"{path}: missing; {refetch}")
     actual = md5sum(path)

@@ -1,15 +1,26 @@
-"""Output files, written atomically: a temporary file in `.tmp/` at the project root, then a
+"""Output files, written atomically: a temporary file on the target's own filesystem, then a
 rename over the output, so a crash or a kill never leaves half a file, nor a stray temporary
 one, where DVC or the next stage looks (a temp file inside an output directory would be
-committed with it, and one in plots/history/ would break `dvc plots show`)."""
+committed with it, and one in plots/history/ would break `dvc plots show`).
+
+Where the temporary goes: `.tmp/` at the project root when the target is on the same
+filesystem (the usual case); else `.tmp/` in the topmost folder of the target's path that is
+on the target's filesystem (`models/.tmp/` for a symlinked `models/`); else, when the target's
+own folder is the mount point (`models/VGG_08` on a data disk), a hidden `.<name>.XXXX.tmp`
+beside the target, removed on success and on failure (.dvcignore skips both kinds). A rename
+that still crosses devices (bind mounts share a device number) falls back to the hidden
+temporary beside the target. A failed write is a DataError naming the place and the remedy
+(a full disk: "no space left on" that filesystem), and leaves the old file as it was."""
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,22 +29,155 @@ from gradflow.errors import DataError
 TMP = Path(".tmp")  # git- and dvc-ignored; outside every output
 
 
-def atomic_write(path: Path | str, write) -> None:
-    """Call write(tmp_path), then rename tmp_path over path: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    TMP.mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=TMP, prefix=f"{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+def _device(path: Path) -> int | None:
     try:
+        return path.stat().st_dev
+    except OSError:
+        return None
+
+
+def mount_point(path: Path | str) -> Path:
+    """The mount point of the filesystem that holds path (or its nearest existing parent)."""
+    path = Path(os.path.realpath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    dev = path.stat().st_dev
+    while path != path.parent and path.parent.stat().st_dev == dev:
+        path = path.parent
+    return path
+
+
+def os_error_line(e: OSError, path: Path | str, folder: Path | str | None = None) -> str:
+    """A failed write or removal of path as one line: what failed, where, and what to do
+    (`folder`: the folder to make writable; default path's)."""
+    path = Path(path)
+    folder = Path(folder) if folder is not None else path.parent
+    where = path
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        mount = mount_point(folder)
+        try:
+            free = shutil.disk_usage(mount).free
+            free_text = f", {free / 1e6:.1f} MB free"
+        except OSError:
+            free_text = ""
+        return (f"{path}: no space left on the filesystem mounted at {mount} ({reason}{free_text}); "
+                f"free some space there and rerun (what was there before is kept)")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{where}: cannot write there ({reason}); make {folder} writable (chmod -R u+w {folder}; "
+                f"chattr -i {folder} if it is immutable; remount a read-only disk) and rerun")
+    return f"{where}: cannot write it ({reason}); check {folder} and its disk, then rerun"
+
+
+def _temp_dir(folder: Path) -> Path | None:
+    """Where a temporary file for a target in `folder` goes: a folder on the same filesystem
+    and outside every output, or None for "beside the target" (see the module docstring)."""
+    dev = _device(folder)
+    if dev is None or _device(TMP if TMP.is_dir() else Path(".")) == dev:
+        return TMP
+    try:
+        rel = Path(os.path.abspath(folder)).relative_to(os.getcwd())
+    except ValueError:
+        return None  # outside the project: beside the target
+    for i in range(1, len(rel.parts)):  # from the top down: the first folder on the target's disk
+        if _device(Path(*rel.parts[:i])) == dev:
+            return Path(*rel.parts[:i]) / ".tmp"
+    return None
+
+
+def _mkstemp(folder: Path, name: str) -> str:
+    temp_dir = _temp_dir(folder)
+    if temp_dir is not None:
+        try:
+            temp_dir.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=temp_dir, prefix=f"{name[:100]}.", suffix=".tmp")
+            os.close(fd)
+            return tmp
+        except OSError:
+            pass  # e.g. no right to make a folder there: beside the target instead
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name[:100]}.", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
+def atomic_write(path: Path | str, write) -> None:
+    """Call write(tmp_path), then rename tmp_path over path: readers never see half a file.
+    An OSError (a full disk, a read-only folder) becomes a DataError; path keeps its old bytes."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _mkstemp(path.parent, path.name)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            # Same device number, different mounts (bind mounts): copy beside the target first.
+            fd, beside = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".tmp")
+            os.close(fd)
+            first, tmp = tmp, beside
+            shutil.copyfile(first, beside)
+            os.chmod(beside, 0o666 & ~umask)
+            Path(first).unlink(missing_ok=True)
+            os.replace(beside, path)
+        tmp = None
+    except OSError as e:
+        raise DataError(os_error_line(e, path)) from None
+    finally:
+        if tmp is not None:
+            try:
+                Path(tmp).unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def require_writable(directories) -> None:
+    """DataError unless a file can be made in each directory (and in the temporary folder its
+    writes use): a read-only or immutable output folder stops a stage before it works, in one
+    line, not at its first write with a traceback."""
+    for directory in directories:
+        directory = Path(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):  # unnamed where the OS allows: DVC never sees it
+                pass
+            temp_dir = _temp_dir(directory)
+            if temp_dir is not None and temp_dir != directory:
+                try:
+                    temp_dir.mkdir(exist_ok=True)
+                    with tempfile.TemporaryFile(dir=temp_dir):
+                        pass
+                except OSError:
+                    pass  # atomic_write falls back to a temporary beside the target
+        except OSError as e:
+            raise DataError(os_error_line(e, directory, folder=directory)) from None
+
+
+def set_aside(path: Path | str, suffix: str = ".corrupt") -> Path:
+    """Rename path to `<path><suffix>`, or `<path><suffix>.1`, .2, ... : the first free name,
+    never over an earlier file. Returns the new name."""
+    path = Path(path)
+    for i in range(10_000):
+        aside = path.with_name(path.name + suffix + (f".{i}" if i else ""))
+        try:
+            os.link(path, aside)  # fails if aside exists: nothing is overwritten
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            if aside.exists() or aside.is_symlink():
+                continue
+            os.rename(path, aside)  # no hard links here: the name was free a moment ago
+            return aside
+        path.unlink()
+        return aside
+    raise FileExistsError(errno.EEXIST, "no free name to set it aside", str(path))
 
 
 def write_text(path: Path | str, text: str) -> None:

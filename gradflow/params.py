@@ -24,6 +24,7 @@ from gradflow.errors import ParamsError  # re-exported: stages and tests use P.P
 PARAMS_FILE = Path("params.yaml")
 SECTIONS = ("data", "model", "train", "variants", "gradients", "sweep")  # all required in the file
 CIFAR100_TRAIN_SIZE = 50_000  # data.val_size must stay below it
+MAX_NAME = 100  # characters in a variant's name; file names stop at 255 bytes
 
 
 
@@ -45,6 +46,11 @@ class DataParams:
     eval_limit: Optional[int] = field(default=None, metadata=_check(1))  # first N val/test images
     synthetic_train_size: int = field(default=50000, metadata=_check(2))  # before the split
     synthetic_test_size: int = field(default=10000, metadata=_check(1))
+
+
+def data_sources() -> tuple[str, ...]:
+    """The values data.source accepts (its Literal): what a manifest's `source` may say."""
+    return typing.get_args(typing.get_type_hints(DataParams)["source"])
 
 
 @dataclass(frozen=True)
@@ -244,6 +250,9 @@ def _convert(value, tp, path: str, meta: dict):
         for k, v in value.items():
             if not isinstance(k, str) or not k.replace("_", "").isalnum():
                 raise ParamsError(f"{path}.{k}: names may use letters, digits and '_' only")
+            if len(k) > MAX_NAME:  # it names files: models/.resume/<name>.pt.corrupt, temporaries
+                raise ParamsError(f"{path}.{k[:24]}...: a name of {len(k)} characters; at most "
+                                  f"{MAX_NAME} (it names the run's files)")
             out[k] = _convert(v if v is not None else {}, value_type, f"{path}.{k}", {})
         return out
     if origin in (Union, types.UnionType):
@@ -408,14 +417,101 @@ def load_resolved(path: Path | str, cls=None):
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ParamsError(f"{path}: not a resolved config ({e}); rerun the check stage "
                           f"(dvc repro check)") from None
+    except OSError as e:  # a folder (--config data/config), no right to read it
+        raise ParamsError(f"{path}: not a resolved config ({e.strerror or type(e).__name__}; pass the "
+                          f"file, e.g. data/config/<variant>.json); rerun the check stage (dvc repro check) "
+                          f"if it is missing") from None
     return _build(cls, raw, str(path))
+
+
+def _duplicate_key(text: str) -> tuple[str, int] | None:
+    """(key path, line) of the first key given twice in one mapping. PyYAML keeps the last
+    silently; DVC's parser refuses the file, so the project's loader refuses it too."""
+    seen, stack = set(), [(yaml.compose(text, Loader=_Loader), "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:  # an alias: walked once (a YAML alias bomb stays cheap)
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys = set()
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else repr(key.value)
+                full = f"{path}.{name}".lstrip(".")
+                if name in keys:
+                    return full, key.start_mark.line + 1
+                keys.add(name)
+                stack.append((value, full))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+    return None
+
+
+def _first_difference(a, b, path: str = "") -> str:
+    """The first key path where two resolved configs differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}".lstrip("."))
+    return f"{path}: {a!r} -> {b!r}"
+
+
+def params_stamp(path: Path | str = PARAMS_FILE) -> list | None:
+    """params.yaml's size, mtime and inode (a stat: no read), or None without the file."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def checked_stamp() -> list | None:
+    """The stamp of params.yaml as the check stage validated it (paths.CHECKED_PARAMS), or,
+    without one (a stage run by hand), the file's stamp now: what `require_unchanged` compares."""
+    from gradflow import paths
+    try:
+        stamp = json.loads(paths.CHECKED_PARAMS.read_text())
+    except (OSError, ValueError):
+        return params_stamp()
+    return stamp if isinstance(stamp, list) else params_stamp()
+
+
+def require_unchanged(config_path: Path | str, cfg: RunConfig, stage: str, stamp: list | None) -> None:
+    """ParamsError unless params.yaml still resolves to `cfg`, the config this run used (read
+    from `config_path` when it started). DVC writes `dvc exp run -S` values into params.yaml
+    before it takes its lock, so a second `dvc exp run` in the same workspace can change the
+    params under a running one, which would then record the other run's values with its own
+    outputs. Called before a stage writes its outputs: then it writes none. params.yaml is
+    reread only when its stamp differs from `stamp` (checked_stamp() at the stage's start), so
+    an undisturbed run never reads it: it is no input of the stage's outputs."""
+    if params_stamp() == stamp:
+        return
+    name = Path(config_path).stem
+    advice = ("another `dvc exp run` in this workspace? Run experiments side by side with "
+              "`dvc exp run --queue ...` and `dvc queue start`; then rerun this one")
+    try:
+        current = load().runs().get(name)
+    except ParamsError as e:
+        raise ParamsError(f"params.yaml changed while {stage} ran and is now refused ({e}); its outputs "
+                          f"are not written; {advice}") from None
+    if current is None or current.to_json() != cfg.to_json():
+        what = ("it no longer has this run" if current is None else
+                _first_difference(json.loads(cfg.to_json()), json.loads(current.to_json())))
+        raise ParamsError(f"params.yaml changed while {stage} ran: {config_path} is no longer what it "
+                          f"resolves to ({what}), so its outputs are not written (they would be recorded "
+                          f"with the new params); {advice}")
 
 
 def load(path: Path | str = PARAMS_FILE, dvc_yaml: Path | None = None) -> Params:
     """params.yaml, parsed and validated. The check stage passes `dvc_yaml` as well, to refuse a
     key that a stage declares there but the file lacks (the other stages do not read dvc.yaml)."""
     try:
-        raw = yaml.load(Path(path).read_text(), Loader=_Loader)
+        text = Path(path).read_text()
+        duplicate = _duplicate_key(text)
+        if duplicate:
+            raise ParamsError(f"{duplicate[0]}: given twice in {path} (line {duplicate[1]} repeats it); "
+                              f"keep one")
+        raw = yaml.load(text, Loader=_Loader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found (run from the project root)") from None
     except yaml.YAMLError as e:

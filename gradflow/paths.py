@@ -6,6 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+# What the check stage saw of params.yaml (size, mtime, inode): a stage compares it with the
+# file's stat and rereads params.yaml only when they differ (gradflow.params.require_unchanged).
+# In .tmp/: not an output, not a dependency, never an input to any output's bytes.
+CHECKED_PARAMS = Path(".tmp") / "checked-params.json"
 DVC_YAML = Path("dvc.yaml")
 
 DATA = Path("data")

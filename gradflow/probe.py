@@ -14,16 +14,14 @@ import sys
 import torch
 
 from gradflow import paths, theory
-from gradflow.capture import COLUMNS, grad_stats
+from gradflow.capture import grad_stats
 from gradflow.data import Augment, Dataset
 from gradflow.errors import DataError
 from gradflow.files import torch_load
 from gradflow.loss import aux_weight_at, loss_fn
 from gradflow.model import VGG, depth_positions, probed_parameters
 from gradflow.params import RunConfig
-
-ACTIVATION_COLUMNS = ("act_mean", "act_std", "act_nonpos_frac")
-PROBE_COLUMNS = COLUMNS + ACTIVATION_COLUMNS + ("predicted_mean_abs_grad",)
+from gradflow.tables import ACTIVATION_COLUMNS, PROBE_COLUMNS  # noqa: F401  (the columns: gradflow/tables.py)
 
 
 def probe(model: VGG, x: torch.Tensor, y: torch.Tensor, include_bias: bool, aux_weight: float):
@@ -80,8 +78,10 @@ def probe_run(cfg: RunConfig, dataset: Dataset, probe_size: int, device: torch.d
                                              map_location=device)["model"])
         except DataError:
             raise  # the file itself is unreadable: torch_load's line names it
-        except (RuntimeError, KeyError) as e:
-            raise DataError(f"{path}: not a snapshot of variant {cfg.name} ({e})") from None
+        except (RuntimeError, KeyError) as e:  # torch's message lists every key, ~30 lines: not here
+            why = "no 'model' in it" if isinstance(e, KeyError) else "its weights do not fit this variant's layers"
+            raise DataError(f"{path}: not a snapshot of variant {cfg.name} ({why}: another variant's, "
+                            f"or of other model settings); rerun its training (dvc repro -f train@{cfg.name})") from None
         aux_weight = aux_weight_at(cfg.variant.aux_weight, epoch + 1, t.epochs)
         probed = probe(model, x, y, cfg.gradients.include_bias, aux_weight)
         depths = depth_positions([name for name, _, _ in probed])

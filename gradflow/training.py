@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,10 +28,12 @@ from tqdm import tqdm
 from gradflow import fastpath
 from gradflow.loss import aux_weight_at, loss_fn  # noqa: F401  (loss_fn: the probe uses it too)
 from gradflow.device import autocast, pick_device, uses_bf16  # noqa: F401  (pick_device: re-exported)
+from gradflow.cli import Interrupted, signal_number
 from gradflow.capture import GradientCapture, first_last_conv_ratio
 from gradflow.data import Augment, Dataset, Split
 from gradflow.errors import DataError
-from gradflow.files import require_keys, torch_load, torch_save
+from gradflow.files import os_error_line, require_keys, require_writable, torch_load, torch_save
+from gradflow.files import set_aside as set_aside_file
 from gradflow.model import VGG, probed_parameters
 from gradflow.params import RunConfig, device_error
 from gradflow.verdict import DIVERGED_LOSS, is_divergent, verdict
@@ -87,9 +88,9 @@ class Checkpoint:
         try:
             state = require_keys(self.path, torch_load(self.path, "", map_location="cpu"), self.KEYS, "")
         except DataError as e:
-            if set_aside:
+            if set_aside:  # to the first free name: an earlier .corrupt one is kept too
                 with writing(self.path):
-                    self.path.replace(aside)
+                    aside = set_aside_file(self.path)
             print(f"train: {str(e).rstrip('; ')}; moved it to {aside} and starting over", file=sys.stderr)
             return None
         if state.get("fingerprint") != self.fingerprint:
@@ -105,30 +106,15 @@ class Checkpoint:
 
 @contextmanager
 def writing(path: Path):
-    """Turn a failed write or removal (a read-only folder, a full disk) into a DataError."""
+    """Turn a failed removal or rename (a read-only folder) into a DataError: one line."""
     try:
         yield
     except OSError as e:
-        where = Path(e.filename) if e.filename else path
-        raise DataError(f"{where}: cannot write or remove it ({e.strerror or e}); make "
-                        f"{path.parent} writable (chmod -R u+w {path.parent}) and rerun") from None
+        raise DataError(os_error_line(e, path)) from None
 
 
 def save(path: Path, obj) -> None:
-    with writing(path):
-        torch_save(path, obj)
-
-
-def require_writable(directory: Path) -> None:
-    """DataError unless a file can be made in directory: a read-only models/V/ stops the run
-    before its first epoch, in one line, not at the first snapshot with a traceback."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):  # unnamed where the OS allows: DVC never sees it
-            pass
-    except OSError as e:
-        raise DataError(f"{directory}: cannot write there ({e.strerror or e}); make it writable "
-                        f"(chmod -R u+w {directory}) and rerun") from None
+    torch_save(path, obj)  # a failed write is a DataError already (gradflow.files)
 
 
 @dataclass
@@ -229,11 +215,15 @@ def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None, checkp
     build, restore, then one epoch and its end until the last epoch or a divergence, then finish."""
     run = Training.build(cfg, dataset, workdir, progress, checkpoint)
     run.restore()
-    for epoch in range(run.start_epoch + 1, min(cfg.train.epochs, stop_after or cfg.train.epochs) + 1):
-        totals = run.one_epoch(epoch, capture)
-        if not run.end_of_epoch(epoch, totals, on_epoch):
-            break
-    return run.finish()
+    epoch = run.start_epoch
+    try:
+        for epoch in range(run.start_epoch + 1, min(cfg.train.epochs, stop_after or cfg.train.epochs) + 1):
+            totals = run.one_epoch(epoch, capture)
+            if not run.end_of_epoch(epoch, totals, on_epoch):
+                break
+        return run.finish()
+    except (KeyboardInterrupt, Interrupted) as e:  # Ctrl-C, SIGTERM: say where it stopped (gradflow.cli)
+        raise Interrupted(signal_number(e), run.interrupted_message(epoch)) from None
 
 
 @dataclass
@@ -273,6 +263,7 @@ class Training:
     train_seconds: float = 0.0
     best_acc: float = -1.0
     snapshot_states: dict = field(default_factory=dict)  # epoch -> weights, for the checkpoint
+    saved_epoch: int = 0  # the epoch the resume checkpoint holds
 
     # --- 1. build: device, model, optimizer, the data on the device -------------------------
 
@@ -330,9 +321,7 @@ class Training:
         the model for the steps: DDP broadcasts rank 0's weights as it wraps."""
         writes = self.workdir is not None and self.dist.main
         if writes:
-            require_writable(self.workdir)
-            if self.ckpt.path is not None:
-                require_writable(self.ckpt.path.parent)
+            require_writable([self.workdir] + ([self.ckpt.path.parent] if self.ckpt.path is not None else []))
         state = self.ckpt.load(set_aside=self.dist.main)
         if state is not None:
             self.model.load_state_dict(state["model"])
@@ -340,6 +329,7 @@ class Training:
             self.scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"])
             self.start_epoch, self.train_seconds = state["epoch"], state["train_seconds"]
+            self.saved_epoch = self.start_epoch
             self.result.history, self.result.best_epoch = state["history"], state["best_epoch"]
             self.result.best_state = state["best_state"]
             self.grad_capture.rows = [tuple(r) for r in state["capture_rows"]]
@@ -349,10 +339,6 @@ class Training:
                     save(self.workdir / f"epoch_{epoch:03d}.pt", {"epoch": epoch, "model": weights})
             print(f"train: {self.cfg.name}: resuming after epoch {self.start_epoch} from {self.ckpt.path}",
                   file=sys.stderr)
-        elif writes:
-            for stale in self.workdir.glob("epoch_*.pt"):  # from a run with other params
-                with writing(stale):
-                    stale.unlink()
         if writes and 0 in self.snapshots and self.start_epoch == 0:
             self._snapshot(0)
         self.best_acc = max((h["val_acc"] for h in self.result.history), default=-1.0)
@@ -440,7 +426,21 @@ class Training:
                             "train_seconds": self.train_seconds, "history": result.history,
                             "best_epoch": result.best_epoch, "best_state": result.best_state,
                             "capture_rows": self.grad_capture.rows, "snapshots": self.snapshot_states})
+            self.saved_epoch = epoch
         return True
+
+    def interrupted_message(self, epoch: int) -> str:
+        """Where an interruption in `epoch` leaves the run: the checkpoint holds the last
+        complete epoch (its write is atomic, so it is never half an epoch)."""
+        done = self.saved_epoch
+        if self.ckpt.path is None or not self.workdir:
+            return (f"{self.cfg.name}: interrupted in epoch {epoch} of {self.cfg.train.epochs}; "
+                    f"rerun to train it again (this run keeps no resume state)")
+        if not done:
+            return (f"{self.cfg.name}: interrupted before the end of epoch 1 of {self.cfg.train.epochs}; "
+                    f"rerun to start it again")
+        return (f"{self.cfg.name}: interrupted after epoch {done} of {self.cfg.train.epochs}; "
+                f"rerun to resume (from {self.ckpt.path})")
 
     def _snapshot(self, epoch: int) -> None:
         """models/V/epoch_XXX.pt, and a copy in the resume state to rewrite it from."""
@@ -458,6 +458,14 @@ class Training:
 
     def finish(self) -> Result:
         result, t = self.result, self.cfg.train
+        if self.workdir and self.dist.main:
+            # Snapshots of an earlier run with other params that this one did not rewrite. Only
+            # now: removed at the start, a failed write (a full disk) would have lost them all.
+            keep = {f"epoch_{epoch:03d}.pt" for epoch in self.snapshot_states}
+            for stale in sorted(self.workdir.glob("epoch_*.pt")):
+                if stale.name not in keep:
+                    with writing(stale):
+                        stale.unlink()
         result.capture_rows = self.grad_capture.rows
         epochs_run = max(1, len(result.history))
         result.seconds_per_epoch = self.train_seconds / epochs_run

@@ -17,12 +17,14 @@ params sections, so a change reruns exactly the runs whose settings it changes.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from gradflow import params as P
 from gradflow import paths
 from gradflow.cli import cli
 from gradflow.files import write_text
+from gradflow.memory import require_fits
 
 
 @cli
@@ -30,13 +32,18 @@ def main(argv: list[str]) -> None:
     # No torch here: the check runs first in every `dvc exp run`, so it takes a fraction of a second.
     parser = argparse.ArgumentParser(prog="python -m stages.check", description=__doc__.splitlines()[0])
     parser.parse_args(argv)
+    stamp = P.params_stamp()  # before reading it: a change while the check runs shows later
     params = P.load(dvc_yaml=paths.DVC_YAML)
     P.device_error(params.train.device)  # a device this machine lacks (imports torch only then)
+    require_fits(params)  # a run too big for the device's memory (gradflow/memory.py)
     configs = {paths.data_config(): P.resolved_json(params.data)}
     configs.update({paths.run_config(name): run.to_json() for name, run in params.runs().items()})
     for path, text in configs.items():
         if not path.is_file() or path.read_text() != text:  # unchanged files keep their mtime
             write_text(path, text)
+    # What was validated, by stat: later stages reread params.yaml only if it changed since
+    # (a second `dvc exp run` in this workspace writes its -S values before DVC's lock).
+    write_text(paths.CHECKED_PARAMS, json.dumps(stamp) + "\n")
     for stale in paths.CONFIG.glob("*.json"):  # runs no longer in params.yaml
         if stale not in configs:
             stale.unlink()

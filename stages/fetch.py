@@ -17,7 +17,7 @@ from gradflow.cli import cli
 from gradflow.data import (CALIBRATED, CIFAR100_FILENAME, CIFAR100_MD5, CIFAR100_URL, DATASET_FILE,
                            MANIFEST_FILE, RAW_DIR, DataError, StandIn, build_dataset, read_cifar100_archive,
                            synthetic)
-from gradflow.files import md5sum, torch_save, write_json
+from gradflow.files import md5sum, set_aside, torch_save, write_json
 
 
 def download_cifar100() -> None:
@@ -41,9 +41,9 @@ def download_cifar100() -> None:
 def cifar100_source(data: P.DataParams) -> tuple[dict, dict]:
     archive = RAW_DIR / CIFAR100_FILENAME
     if archive.is_file() and md5sum(archive) != CIFAR100_MD5:
-        # Perhaps the user's own copy: set it aside, never delete it.
-        aside = archive.with_name(archive.name + ".corrupt")
-        archive.replace(aside)
+        # Perhaps the user's own copy: set it aside, never delete it, nor rename it over an
+        # earlier .corrupt one (that may be the user's too): the first free name.
+        aside = set_aside(archive)
         print(f"fetch: {archive} failed its md5 check (partial or corrupt); moved it to {aside}",
               file=sys.stderr)
     if not archive.is_file():

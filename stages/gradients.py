@@ -23,7 +23,7 @@ from gradflow import paths
 from gradflow.cli import cli
 from gradflow.data import load_dataset
 from gradflow.device import pick_device
-from gradflow.files import write_csv
+from gradflow.files import require_writable, write_csv
 from gradflow.probe import PROBE_COLUMNS, probe_run
 
 
@@ -36,15 +36,19 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--probe-size", type=int, help="probe images (dvc.yaml passes "
                         "gradients.probe_size); default: params.yaml's")
     args = parser.parse_args(argv)
-    params = None if args.config and args.probe_size else P.load()
+    stamp = P.checked_stamp()  # params.yaml as the check saw it: compared before writing outputs
+    params = None if args.config and args.probe_size is not None else P.load()
     cfg = P.load_resolved(args.config) if args.config else params.run(args.variant)
     if cfg.name != args.variant:
         raise P.ParamsError(f"{args.config}: the config of {cfg.name!r}, not of {args.variant!r}")
-    probe_size = args.probe_size or params.gradients.probe_size
-    if probe_size < 1:
-        raise P.ParamsError(f"gradients.probe_size: must be >= 1, got {probe_size}")
+    probe_size = args.probe_size if args.probe_size is not None else params.gradients.probe_size
+    if probe_size < 1:  # 0 too: it used to mean "params.yaml's value"
+        raise P.ParamsError(f"--probe-size / gradients.probe_size: must be >= 1, got {probe_size}")
+    require_writable([paths.grad_flow(cfg.name).parent])
     dataset = load_dataset(cfg.data)
     rows, n_probe = probe_run(cfg, dataset, probe_size, pick_device(cfg.train.device))
+    if args.config:  # params.yaml must still say what this run used (a concurrent dvc exp run)
+        P.require_unchanged(args.config, cfg, f"gradients@{cfg.name}", stamp)
     write_csv(paths.grad_flow(cfg.name), PROBE_COLUMNS, rows)
     print(f"gradients: {cfg.name}: {len(rows)} rows on {n_probe} probe images -> {paths.grad_flow(cfg.name)}",
           file=sys.stderr)

@@ -10,9 +10,30 @@ import sys
 
 from gradflow import figures as Fg
 from gradflow import params as P
+from gradflow import paths
+from gradflow import tables as T
 from gradflow.cli import cli
-from gradflow.files import atomic_write, write_text
+from gradflow.files import atomic_write, read_json, require_writable, write_text
 from gradflow.report import results_markdown
+
+
+def check_inputs(params: P.Params) -> None:
+    """Every table and metrics file the figures will read, checked first (gradflow.tables): a
+    damaged one is one line naming it and the command that remakes it, not a figure of it."""
+    for name in params.variants:
+        train = f"rerun its training (dvc repro -f train@{name})"
+        if not paths.metrics(name).is_file():
+            continue  # not trained yet: load_runs notes it and skips the variant
+        T.check_metrics(paths.metrics(name), read_json(paths.metrics(name), train), T.METRICS_KEYS, train)
+        T.check_table(paths.history(name), T.HISTORY_COLUMNS, name, train)
+        T.check_table(paths.grad_capture(name), T.CAPTURE_COLUMNS, name, train)
+        T.check_table(paths.grad_flow(name), T.PROBE_COLUMNS, name,
+                      f"rerun its gradients stage (dvc repro -f gradients@{name})")
+    for depth in params.sweep.depths:
+        for fix in params.sweep.fixes:
+            path, redo = paths.sweep_metrics(depth, fix), f"rerun that point (dvc repro -f sweep@{depth}-{fix})"
+            if path.is_file():
+                T.check_metrics(path, read_json(path, redo), T.SWEEP_KEYS, redo)
 
 
 @cli
@@ -20,6 +41,8 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.plots", description=__doc__.splitlines()[0])
     parser.parse_args(argv)
     params = P.load()
+    check_inputs(params)
+    require_writable([Fg.OUT])
     names = list(params.variants)
     runs = Fg.load_runs(names)
     colours = Fg.variant_colours(names)  # by params order, so a colour means the same variant everywhere

@@ -28,11 +28,11 @@ from gradflow import paths
 from gradflow.capture import COLUMNS
 from gradflow.cli import cli
 from gradflow.data import load_dataset
-from gradflow.files import torch_save, write_csv, write_json
+from gradflow.files import require_writable, torch_save, write_csv, write_json
 from gradflow.live import LiveLog
+from gradflow.tables import HISTORY_COLUMNS
 from gradflow.training import Result, fit
 
-HISTORY_COLUMNS = ("variant", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
 def write_outputs(cfg: P.RunConfig, result: Result, source: str) -> dict:
@@ -64,14 +64,19 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--config", help="the variant's resolved config, written by the check stage "
                         "(dvc.yaml passes data/config/<variant>.json); default: resolve params.yaml")
     args = parser.parse_args(argv)
+    stamp = P.checked_stamp()  # params.yaml as the check saw it: compared before writing outputs
     cfg = P.load_resolved(args.config) if args.config else P.load().run(args.variant)
     if cfg.name != args.variant:
         raise P.ParamsError(f"{args.config}: the config of {cfg.name!r}, not of {args.variant!r}")
     if cfg.train.distributed and "WORLD_SIZE" not in os.environ:
         relaunch_under_torchrun(cfg.name, args.config)
-    dataset = load_dataset(cfg.data)
     workdir = paths.workdir(cfg.name)
-    workdir.mkdir(parents=True, exist_ok=True)
+    # Every folder an output goes to, before any work: an immutable models/ found after the
+    # last epoch would cost the whole run.
+    require_writable([paths.model(cfg.name).parent, workdir, paths.checkpoint(cfg.name).parent,
+                      paths.metrics(cfg.name).parent, paths.history(cfg.name).parent,
+                      paths.grad_capture(cfg.name).parent])
+    dataset = load_dataset(cfg.data)
     live = LiveLog(cfg.name, enabled=int(os.environ.get("RANK", 0)) == 0)
     result = fit(cfg, dataset, workdir=workdir, checkpoint=paths.checkpoint(cfg.name), on_epoch=live.epoch)
     import torch.distributed as dist
@@ -80,6 +85,8 @@ def main(argv: list[str]) -> None:
         dist.destroy_process_group()
         if rank != 0:
             return
+    if args.config:  # params.yaml must still say what this run trained with (a concurrent dvc exp run)
+        P.require_unchanged(args.config, cfg, f"train@{cfg.name}", stamp)
     metrics = write_outputs(cfg, result, dataset.source)
     live.end({**result.timings(), **metrics})
     paths.checkpoint(cfg.name).unlink(missing_ok=True)  # the run is complete: nothing to resume
