@@ -55,7 +55,7 @@ def cpu_model() -> str:
 
 def stand_in_dataset(stand_in: D.StandIn) -> D.Dataset:
     """The fetch stage's synthetic source (default data params), in memory."""
-    raw, _ = synthetic_source(P.parse({"data": {"source": "synthetic"}}).data, stand_in)
+    raw, _ = synthetic_source(P.DataParams(source="synthetic"), stand_in)
     raw["test_images"], raw["test_labels"] = raw["test_images"][:100], raw["test_labels"][:100]  # unused
     return D.Dataset.from_raw(raw, "synthetic")
 
@@ -78,10 +78,13 @@ def main() -> int:
           f"{len(dataset.train):,} train / {len(dataset.val):,} val images "
           f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     reference = {name: pd.read_csv(ROOT / "reference" / name / "summary.csv").head(EPOCHS) for name in VARIANTS}
+    params = P.load(ROOT / "params.yaml")
     rows, curves = [], {}
     for precision in precisions:
         for name in args.variants:
-            cfg = P.parse({"train": {"device": "cpu", "precision": precision, "seed": args.seed}}).run(name)
+            cfg = params.run(name)  # params.yaml's settings: the coursework's recipe
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+                cfg.train, device="cpu", precision=precision, seed=args.seed))
             t0 = time.perf_counter()
             result = fit(cfg, dataset, capture=False, progress=f"{precision} ", stop_after=EPOCHS)
             seconds = time.perf_counter() - t0
