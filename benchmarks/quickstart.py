@@ -8,7 +8,8 @@ activating the venv) and the rest (the CIFAR-100 check, `dvc exp run`, the print
 it reads each training run's own training time (`seconds_per_epoch` x epochs, which the train
 stage logs with DVCLive in dvclive/<variant>/metrics.json) and reports the share of the wall
 time after the install that went into training steps (the goal of issue 21: at least 65%).
-Writes benchmarks/quickstart.md; the table the command printed is in it too.
+Writes benchmarks/quickstart.md (the table the command printed is in it too) and copies the
+run's Figure 1, Figure 2 and results.md to plots/quickstart/, the copy the README shows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,6 +53,10 @@ def main() -> int:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
         install_s, _ = timed(install, clone)
         rest_s, printed = timed(ACTIVATE.strip(" &") + " && " + rest, clone)
+        keep = ROOT / "plots" / "quickstart"  # the committed copy the README shows
+        keep.mkdir(parents=True, exist_ok=True)
+        for name in ("training_curves.png", "gradient_flow.png", "results.md"):
+            shutil.copy(clone / "plots" / name, keep / name)
         train = {}
         for path in sorted((clone / "dvclive").glob("*/metrics.json")):
             m = json.loads(path.read_text())

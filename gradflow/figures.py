@@ -35,7 +35,7 @@ import pandas as pd  # noqa: E402
 from gradflow import params as P  # noqa: E402
 from gradflow import paths  # noqa: E402
 from gradflow.errors import DataError  # noqa: E402
-from gradflow.verdict import CHANCE_ACC, CHANCE_LOSS  # noqa: E402  (a uniform guess: 1/100, ln 100)
+from gradflow.verdict import CHANCE_ACC, CHANCE_LOSS, learns_threshold, standard_errors  # noqa: E402
 from gradflow.files import atomic_write, read_json, torch_load  # noqa: E402
 from gradflow.model import depth_positions as _depth_positions  # noqa: E402
 
@@ -267,6 +267,9 @@ def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
     # The legend says which variants learn, from each run's own verdict (metrics/V.json).
     labels_of = {name: f"{name}: {run['metrics']['verdict']}" if run["metrics"].get("verdict") else name
                  for name, run in runs.items()}
+    sizes = {(r["metrics"].get("val_images"), r["metrics"].get("epochs_run")) for r in runs.values()}
+    n_val, epochs = next(iter(sizes)) if len(sizes) == 1 else (None, None)
+    bar = learns_threshold(n_val, epochs) if n_val and epochs else None
     for ax, (column, label) in zip(axes.flat, panels):
         highest = 0.0
         for name, run in runs.items():
@@ -283,6 +286,8 @@ def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
         title = label
         if column.endswith("acc"):
             ax.axhline(CHANCE_ACC, color="black", lw=0.7, ls=":")
+        if column == "val_acc" and bar is not None:  # the verdict's bar for "learns"
+            ax.axhline(bar, color="tab:green", lw=0.8, ls="-.")
         if column.endswith("loss"):
             ax.axhline(CHANCE_LOSS, color="black", lw=0.7, ls=":")
             if highest > 3 * CHANCE_LOSS:  # a run that blew up would flatten every other curve
@@ -297,8 +302,13 @@ def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], color="black", lw=0.7, ls=":"))
     labels.append("chance: loss ln(100), accuracy 0.01")
+    if bar is not None:
+        handles.append(plt.Line2D([], [], color="tab:green", lw=0.8, ls="-."))
+        labels.append(f"\"learns\" from {bar:.4f}: chance + {standard_errors(bar, n_val):.1f} SE\n"
+                      f"(n = {n_val:,}, best of {epochs} epoch{'s' if epochs != 1 else ''})")
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
-    note = f"; reference shown for its first {clip} epoch{'s' if clip != 1 else ''}" if clip else ""
+    note = (f"; reference shown for its first {clip} epochs" if clip and clip > 1
+            else "; reference shown for its first epoch" if clip else "")
     shipped = ", ".join(f"{name} {len(t)}" for name, t in reference.items())
     fig.suptitle(f"Training curves ({summary}){note}\n"
                  f"dashed: the coursework's published runs (CIFAR-100, {REFERENCE_TRAIN_IMAGES:,} "

@@ -339,7 +339,7 @@ def fake_run(name: str, epochs: int, layers: list[str], grad: float, verdict: st
                           "depth": d}
                          for e in (0, epochs) for i, (layer, d) in enumerate(zip(layers, depth_positions(layers)))])
     metrics = {"data_source": "synthetic", "epochs": epochs, "device": "cpu", "status": "ok",
-               "train_images": 5000}
+               "train_images": 5000, "val_images": 2500, "epochs_run": epochs}
     if verdict:
         metrics["verdict"] = verdict
     return {"metrics": metrics, "history": history, "capture": pd.DataFrame(), "flow": flow}
@@ -381,6 +381,8 @@ def test_training_curves_on_images_seen_beside_as_much_reference(drawn):
     assert any(list(line.get_ydata()) == [Fg.CHANCE_LOSS] * 2 for line in loss_ax.get_lines())
     acc_ax = fig.axes[3]
     assert any(list(line.get_ydata()) == [Fg.CHANCE_ACC] * 2 for line in acc_ax.get_lines())
+    # the verdict's bar for "learns" at n = 2,500, best of 3 epochs
+    assert any(list(line.get_ydata()) == [0.018] * 2 for line in acc_ax.get_lines())
     assert loss_ax.get_xlim()[1] >= 47.5 and "images seen" in fig.axes[2].get_xlabel()
 
 

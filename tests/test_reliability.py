@@ -81,15 +81,23 @@ def torch_bytes(obj) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """A project copy after fetch and one epoch of train@VGG_08 (snapshots epoch 0 and 1)."""
-    project = copy_project(tmp_path_factory.mktemp("reliability") / "base")
+def trained_project(folder: Path, *stages: str) -> Path:
+    """A project copy in `folder` after fetch and one epoch of train@VGG_08 (snapshots epoch 0
+    and 1), then the named stages of VGG_08 (e.g. "gradients")."""
+    project = copy_project(folder)
     write_params(project, base=tiny())
     stage("fetch", cwd=project)
     stage("train", "VGG_08", cwd=project)
     assert (project / "models/VGG_08/epoch_001.pt").is_file()
+    for name in stages:
+        stage(name, "VGG_08", cwd=project)
     return project
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A project copy after fetch and one epoch of train@VGG_08 (snapshots epoch 0 and 1)."""
+    return trained_project(tmp_path_factory.mktemp("reliability") / "base")
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import DVC, PYTHON, copy_project, git_init, kill_after_epoch, run, setting, stage, write_params
-from test_reliability import files, make_read_only, make_writable, one_line, tiny
+from test_reliability import files, make_read_only, make_writable, one_line, tiny, trained_project
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,12 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """A project copy after fetch, one epoch of train@VGG_08 (snapshots 0 and 1), its gradients."""
-    project = copy_project(tmp_path_factory.mktemp("round3") / "base")
-    write_params(project, base=tiny())
-    stage("fetch", cwd=project)
-    stage("train", "VGG_08", cwd=project)
-    stage("gradients", "VGG_08", cwd=project)
-    return project
+    return trained_project(tmp_path_factory.mktemp("round3") / "base", "gradients")
 
 
 @pytest.fixture
