@@ -8,6 +8,7 @@ so nothing is written or deleted when the params are bad.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import re
@@ -314,7 +315,9 @@ def _build(cls, raw, path: str):
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
-            raise ParamsError(f"{path}.{key}: unknown key (known: {', '.join(known)})".lstrip("."))
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ParamsError(f"{path}.{key}: unknown key{hint} (known: {', '.join(known)})".lstrip("."))
     kwargs = {name: _convert(raw[name], hints[name], f"{path}.{name}".lstrip("."), f.metadata)
               for name, f in known.items() if name in raw}
     for name, f in known.items():

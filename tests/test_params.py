@@ -35,7 +35,7 @@ def tiny() -> dict:
 
 # (case id, stage, edit of the tiny params or raw YAML text, fragments the one line must contain)
 CASES = [
-    ("unknown-key", "train", setting("train.epoch", 3), ["train.epoch", "unknown key", "epochs"]),
+    ("unknown-key", "train", setting("train.epoch", 3), ["train.epoch", "unknown key", "did you mean 'epochs'?"]),
     ("variant-typo", "train", setting("variants.VGG_08.batchnorm", True),
      ["variants.VGG_08.batchnorm", "unknown key", "batch_norm"]),
     ("batch-size-word", "train", setting("train.batch_size", "zero"), ["train.batch_size", "an integer", "'zero'"]),
