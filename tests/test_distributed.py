@@ -139,10 +139,11 @@ def test_distributed_param_runs_the_train_stage_under_torchrun(fetched, single_t
     assert [r["step"] for r in ddp["capture"]] == [r["step"] for r in single["capture"]]
     assert [r["lr"] for r in ddp["history"]] == [r["lr"] for r in single["history"]]
 
-    # Per-rank BN on CPU. Measured on this config: step-0 gradient statistics within 1.9%,
-    # weights after 4 Adam steps ||dw|| / ||w - w0|| = 0.11. Skipping the all-reduce (each rank
-    # stepping on its own shard) measured 58% and 0.74.
-    assert grad_drift(single, ddp, steps={0}) < 0.05
+    # Per-rank BN on CPU. Measured on this config: step-0 gradient statistics within 1.9% on the
+    # old easy stand-in, 6.6% on the calibrated one (its images vary more, so do half-batch BN
+    # statistics); weights after 4 Adam steps ||dw|| / ||w - w0|| = 0.11. Skipping the all-reduce
+    # (each rank stepping on its own shard) measured 58% and 0.74 (old stand-in).
+    assert grad_drift(single, ddp, steps={0}) < 0.15
     _, relative = weight_drift(single, ddp)
     assert relative < 0.3, relative
     s, d = single["metrics"], ddp["metrics"]
