@@ -164,7 +164,11 @@ def interrupt_repro(project: Path, signum: int) -> tuple[int, str, int]:
     """Start `dvc repro`, send `signum` to its process group (as Ctrl-C or `kill -- -PGID`
     does) in the train stage's second epoch; (dvc's exit code, its output, the epoch the
     checkpoint held)."""
-    env = {**os.environ, "PYTHONPATH": str(project), "DVC_NO_ANALYTICS": "1",
+    # dvc runs a stage's cmd as `$SHELL -c cmd`, /bin/sh when SHELL is unset (as in CI). Debian's
+    # /bin/sh is dash, which on SIGINT waits for its child and then kills itself with SIGINT
+    # whatever the child returned, so dvc reports "exited with -2" there; bash passes the stage's
+    # own 130 on. Pin bash, a user's usual shell, so the code dvc reports is the stage's.
+    env = {**os.environ, "PYTHONPATH": str(project), "DVC_NO_ANALYTICS": "1", "SHELL": shutil.which("bash"),
            "PATH": f"{Path(DVC).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     ckpt = project / "models" / ".resume" / "VGG_08.pt"
     proc = subprocess.Popen([DVC, "repro"], cwd=project, env=env, start_new_session=True,
