@@ -11,6 +11,7 @@ every dependency that is taken away.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import re
@@ -74,7 +75,8 @@ def module_file(root: Path, name: str) -> Path | None:
     return None
 
 
-def project_imports(root: Path, module: str) -> set[str]:
+@functools.cache  # the same walk for every lock the taking-away test breaks
+def project_imports(root: Path, module: str) -> frozenset[str]:
     """The project's .py files that importing `module` loads, transitively (packages'
     __init__ included), from the source alone."""
     seen: set[Path] = set()
@@ -93,7 +95,7 @@ def project_imports(root: Path, module: str) -> set[str]:
                     todo += [a.name for a in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.module:
                     todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-    return {str(p.relative_to(root)) for p in seen}
+    return frozenset(str(p.relative_to(root)) for p in seen)
 
 
 def covered(path: str, declared: list[str]) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gradflow.verdict import VERDICTS
+from gradflow.tables import METRICS_KEYS, check_metrics
 
 from conftest import DVC, PYTHON, ROOT, git_init, run, write_params
 
@@ -64,7 +64,7 @@ def test_local_remote_round_trip_needs_no_retraining(repo: Path, tmp_path: Path)
     repro = dvc("repro", "train@VGG_08", cwd=clone).stdout
     assert "Running stage" not in repro and "didn't change" in repro, repro
     assert (clone / "models/VGG_08.pt").read_bytes() == (repo / "models/VGG_08.pt").read_bytes()
-    assert json.loads((clone / "metrics/VGG_08.json").read_text())["verdict"] in VERDICTS
+    assert (clone / "metrics/VGG_08.json").read_bytes() == (repo / "metrics/VGG_08.json").read_bytes()
 
 
 def queue_tasks(repo: Path) -> dict[str, str]:
@@ -148,7 +148,8 @@ def test_queued_grid_runs_on_two_workers(repo: Path):
     done = {e["params"]["train"]["lr"]: e["metrics"] for e in exps.values() if e["metrics"]}
     assert sorted(done) == [0.002, 0.005], exps.keys()
     for lr, metrics in done.items():
-        assert metrics["verdict"] in VERDICTS and metrics["final_train_loss"] is not None
+        # complete metrics: every key, a verdict name, finite numbers (the plots stage's check)
+        check_metrics(f"experiment lr={lr}", metrics, METRICS_KEYS, "a bug")
     # Their own runs: different learning rates, different training losses.
     assert done[0.002]["final_train_loss"] != done[0.005]["final_train_loss"]
     # And the workspace was left alone: queued experiments run in their own copies.
