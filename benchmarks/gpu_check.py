@@ -30,7 +30,7 @@ What it measures, per variant (default VGG_08, VGG_38, VGG_38_BN_RC, settings fr
 
 Also the device's matmul rate and a projection of the default `dvc repro` (see `projection`
 in the JSON: the method is written there). Every measurement is time-boxed; a global budget
-(--budget-s) skips what would not fit, and says so, rather than overrun the machine's 8 minutes.
+(--budget-s) skips what would not fit, and says so, rather than overrun the machine's 7 minutes.
 """
 
 from __future__ import annotations

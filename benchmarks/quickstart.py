@@ -6,7 +6,7 @@ Clones this repository (its committed HEAD) into a temporary folder and runs the
 quick-start command there exactly as written, in two timed parts: the install (everything up to
 activating the venv) and the rest (the CIFAR-100 check, `dvc exp run`, the printed table). Then
 it reads each training run's own training time (`seconds_per_epoch` x epochs, which the train
-stage logs with DVCLive in dvclive/<variant>/metrics.json) and reports the share of the wall
+stage logs with DVCLive in dvclive/<variant>/timings.json) and reports the share of the wall
 time after the install that went into training steps (the goal of issue 21: at least 65%).
 Writes benchmarks/quickstart.md (the table the command printed is in it too) and copies the
 run's Figure 1, Figure 2 and results.md to plots/quickstart/, the copy the README shows.
@@ -58,7 +58,7 @@ def main() -> int:
         for name in ("training_curves.png", "gradient_flow.png", "results.md"):
             shutil.copy(clone / "plots" / name, keep / name)
         train = {}
-        for path in sorted((clone / "dvclive").glob("*/metrics.json")):
+        for path in sorted((clone / "dvclive").glob("*/timings.json")):
             m = json.loads(path.read_text())
             train[path.parent.name] = m["seconds_per_epoch"] * m.get("epochs_run", m.get("epochs", 1))
     total = install_s + rest_s

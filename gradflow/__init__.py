@@ -4,15 +4,25 @@ The library behind the DVC stages in `stages/`. Read in this order:
 
   params     params.yaml parsed once into typed dataclasses; the resolved config of one run
   errors     the two mistakes a user can make: bad params (ParamsError), bad files (DataError)
+  cli        the stages' entry-point wrapper: one line and an exit code, never a traceback
   paths      every file the pipeline reads or writes, in one place
   files      atomic writes and checked reads
+  memory     the check stage's estimate of a run's memory
+  verdict    learns / stuck at chance / diverged, from binomial statistics
   data       sources (CIFAR-100, synthetic), the dataset file, batched augmentation
   model      the coursework's VGG family and the fixes as switches
-  capture    per-layer gradient statistics
+  loss       the training loss (deep supervision's auxiliary heads included)
+  device     the device and precision a run uses
+  fastpath   the training step: eager, torch.compile or a CUDA graph
+  capture    per-layer gradient statistics during training
+  live       DVCLive: per-epoch progress while a variant trains
   training   the training loop
-  probe      gradients and activations of saved weights on a fixed probe batch
+  theory     the mean-field prediction of the gradients at initialisation
+  probe      gradients, activations and the forward signal of saved weights on a probe batch
+  tables     the tables' columns and the plots stage's checks of them
   figures    the report's figures
-  report     verdicts and plots/results.md
+  report     plots/results.md
+  vega       the offline page `dvc plots show` fills
 
 Importing it has no side effects.
 """

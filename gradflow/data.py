@@ -22,13 +22,13 @@ from gradflow import paths
 from gradflow.errors import DataError
 from gradflow.files import md5sum, read_json, require_keys, torch_load
 from gradflow.params import DataLimits, data_sources
+from gradflow.verdict import NUM_CLASSES
 
 DATASET_FILE, MANIFEST_FILE, RAW_DIR = paths.DATASET, paths.MANIFEST, paths.RAW
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_FILENAME = "cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
-NUM_CLASSES = 100
 
 
 # --- sources ------------------------------------------------------------------------------

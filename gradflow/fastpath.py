@@ -60,16 +60,6 @@ def resolve(setting, device: torch.device, world: int = 1) -> str:
     raise ValueError(f"train.compile: {setting!r} is not auto, true, false or one of {', '.join(MODES)}")
 
 
-def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """torch.compile for the modes that use it, the model itself otherwise (e.g. for evaluation:
-    `eval_model = compile_model(model, mode)`)."""
-    if mode == "compile":
-        return torch.compile(model)
-    if mode == "reduce-overhead":
-        return torch.compile(model, mode="reduce-overhead")
-    return model
-
-
 def _autocast(device: torch.device, precision: str):
     # cache_enabled=False: a cached bf16 copy of a weight must not outlive a captured graph.
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision),

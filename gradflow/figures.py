@@ -5,7 +5,9 @@ plots/grad_capture/V.csv and plots/grad_flow/V.csv; the depth sweep's metrics/sw
 and the coursework's published curves in reference/. Writes:
 
   plots/training_curves.png    Figure 1: loss and accuracy per epoch, reference dashed
-  plots/gradient_flow.png      Figure 2: mean |grad| per layer at each snapshot epoch
+  plots/gradient_flow.png      Figure 2: mean |grad| per layer, every variant, init and end
+  plots/gradient_flow_detail.png   the same per variant, every snapshot, the prediction
+  plots/signal_flow.png        mean |grad| and the forward signal share per layer, side by side
   plots/gradient_heatmap.png   log10 mean |grad|, layer x epoch, from the training capture
   plots/activations.png        activation std per layer at initialisation
   plots/depth_sweep.png        final loss and first/last-conv gradient ratio vs depth
@@ -47,7 +49,9 @@ SWEEP_COLUMNS = ["depth", "fix", "verdict", "final_train_loss", "best_val_acc",
                  "log10_grad_ratio_init", "log10_grad_ratio_final", "log10_grad_ratio_predicted"]  # as in metrics/sweep/*.json
 FIGURES = {  # file -> what results.md calls it
     "training_curves.png": "Figure 1: training curves",
-    "gradient_flow.png": "Figure 2: gradient flow per layer",
+    "gradient_flow.png": "Figure 2: gradient flow per layer, every variant at init and at the end",
+    "gradient_flow_detail.png": "Figure 2, per variant: every snapshot and the mean-field prediction",
+    "signal_flow.png": "Gradient flow and forward signal share, side by side",
     "gradient_heatmap.png": "Gradient heatmap (layer x epoch, training capture)",
     "activations.png": "Activation std per layer at initialisation",
     "depth_sweep.png": "Depth sweep",
@@ -81,12 +85,18 @@ def load_runs(names: list[str]) -> dict[str, dict]:
         runs[name] = {
             # the headline metrics, and what else describes the run (kept with its model)
             "metrics": {**read_json(metrics_path, f"rerun its training (dvc repro -f train@{name})"),
-                        **run_details(name)},
+                        **signal_metrics(name), **run_details(name)},
             "history": read_csv(paths.history(name)),
             "capture": read_csv(paths.grad_capture(name)),
             "flow": read_csv(paths.grad_flow(name)),
         }
     return runs
+
+
+def signal_metrics(name: str) -> dict:
+    """The gradients stage's metrics/signal/<name>.json ({} before that stage ran)."""
+    path = paths.signal_metrics(name)
+    return read_json(path, f"rerun its gradients stage (dvc repro -f gradients@{name})") if path.is_file() else {}
 
 
 def run_details(name: str) -> dict:
@@ -324,24 +334,91 @@ def flow_depth(flow: pd.DataFrame) -> np.ndarray:
     return depth_positions(flow["layer"].tolist())
 
 
+def init_and_end(ax, runs: dict, colours: dict, column: str) -> None:
+    """Every variant's probe `column` by depth on one log axis: at initialisation solid, at its
+    last probed snapshot dashed, in the variant's colour. Variants with the same network at
+    initialisation share one solid line that names them all."""
+    init_curves, last = {}, {}
+    for name, run in runs.items():
+        flow = run["flow"]
+        if flow.empty or column not in flow:
+            continue
+        flow = flow.sort_values(["epoch", "layer_index"])
+        init = flow[flow["epoch"] == 0]
+        if not init.empty:
+            init_curves[name] = (init["layer"].tolist(), positive(init[column]))
+        final_epoch = flow["epoch"].max()
+        if final_epoch > 0:
+            last[name] = (int(final_epoch), flow[flow["epoch"] == final_epoch])
+    for group in same_curves(init_curves):
+        layers, values = init_curves[group[0]]
+        verdict_ = runs[group[0]]["metrics"].get("verdict")
+        label = " = ".join(group) + (" (same network at init)" if len(group) > 1 else "")
+        ax.plot(depth_positions(layers), values, lw=2, color=colours[group[0]],
+                label=f"{label}, init" + (f": {verdict_}" if len(group) == 1 and verdict_ else ""))
+    for name, (epoch, rows) in last.items():
+        ax.plot(flow_depth(rows), positive(rows[column]), lw=1.4, ls="--", color=colours[name],
+                label=f"{name}, epoch {epoch}")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("layer depth (k-th conv/linear layer, input side left)")
+    ax.grid(alpha=0.3)
+
+
 def gradient_flow(runs: dict, colours: dict) -> Path:
-    """Figure 2: mean |grad| per layer by depth, one panel per variant (a line per snapshot
-    epoch, coloured by epoch), and one panel of every variant at initialisation, where variants
-    with the same network at initialisation are one line that names them all."""
-    flows = {name: r["flow"] for name, r in runs.items() if not r["flow"].empty}
-    if not flows:
+    """Figure 2, the ten-second view: every variant's mean |grad| per layer on one log axis, at
+    initialisation (solid) and at its last probed snapshot (dashed), by depth."""
+    if not any(not r["flow"].empty for r in runs.values()):
         return empty_figure("gradient_flow.png", "Gradient flow",
                             "no gradient probes yet (plots/grad_flow/ is empty)")
     summary = run_summary([r["metrics"] for r in runs.values()])
+    fig, ax = plt.subplots(figsize=(11, 6), layout="constrained")
+    init_and_end(ax, runs, colours, "mean_abs_grad")
+    ax.set_ylabel("mean |grad| of the layer's weights (probe batch)")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(f"Gradient flow: solid at initialisation, dashed at the last snapshot ({summary})\n"
+                 f"per-variant panels with every snapshot and the mean-field prediction: "
+                 f"gradient_flow_detail.png", fontsize=10)
+    return save(fig, "gradient_flow.png")
+
+
+def signal_flow(runs: dict, colours: dict) -> Path:
+    """The two faces of one decay, side by side: each variant's mean |grad| per layer (left) and
+    the signal share of each layer's output (right: the part that depends on the image,
+    gradflow/probe.py), at initialisation solid and at the last snapshot dashed."""
+    if not any("signal_share" in r["flow"] for r in runs.values()):
+        return empty_figure("signal_flow.png", "Gradient flow and forward signal",
+                            "no probe tables with a signal share yet (the gradients stage)")
+    summary = run_summary([r["metrics"] for r in runs.values()])
+    fig, (grad_ax, share_ax) = plt.subplots(1, 2, figsize=(16, 6), layout="constrained")
+    init_and_end(grad_ax, runs, colours, "mean_abs_grad")
+    grad_ax.set_ylabel("mean |grad| of the layer's weights")
+    grad_ax.set_title("backward: the gradient each layer gets")
+    init_and_end(share_ax, runs, colours, "signal_share")
+    share_ax.set_ylabel("signal share of the layer's output (0: the same for every image)")
+    share_ax.set_title("forward: how much of each layer's output depends on the image")
+    share_ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(f"Gradient flow and forward signal on the probe batch, solid at initialisation, "
+                 f"dashed at the last snapshot ({summary})", fontsize=11)
+    return save(fig, "signal_flow.png")
+
+
+def gradient_flow_detail(runs: dict) -> Path:
+    """Figure 2's detail: one panel per variant (a line per snapshot epoch, coloured by epoch)
+    with the mean-field prediction at initialisation dashed, on a shared depth range."""
+    flows = {name: r["flow"] for name, r in runs.items() if not r["flow"].empty}
+    if not flows:
+        return empty_figure("gradient_flow_detail.png", "Gradient flow per variant",
+                            "no gradient probes yet (plots/grad_flow/ is empty)")
+    summary = run_summary([r["metrics"] for r in runs.values()])
     # x is the depth (BN etc. at +0.5), so VGG_38 and VGG_38_BN line up; the conv/linear names
-    # label the integer depths: about 0.17 inch per name keeps them at a readable 7 pt.
+    # label the integer depths, thinned to at most MAX_DEPTH_LABELS, slanted to stay readable.
     deepest = max(float(np.nanmax(flow_depth(f))) for f in flows.values())
     n_labels = min(deepest, MAX_DEPTH_LABELS)
     width = max(6.0, 1.2 + 0.17 * n_labels)
-    fig, axes = panel_grid(len(flows) + 1, 3 if width < 8 else 2, width, 5.0)
+    fig, axes = panel_grid(len(flows), 3 if width < 8 else 2, width, 5.0)
     all_epochs = sorted({int(e) for f in flows.values() for e in f["epoch"].unique()})
     epoch_colour = dict(zip(all_epochs, plt.get_cmap("viridis")(np.linspace(0, 0.85, len(all_epochs)))))
-    depth_label = "layer depth (k-th conv/linear; BN, transition, aux layers at +0.5)"
     for ax, (name, flow) in zip(axes, flows.items()):
         flow = flow.sort_values(["epoch", "layer_index"])
         for epoch, rows in flow.groupby("epoch"):
@@ -356,39 +433,15 @@ def gradient_flow(runs: dict, colours: dict) -> Path:
         ticks, names = depth_ticks(layer_labels(flow))
         ax.set_yscale("log")
         ax.set_xticks(ticks)
-        ax.set_xticklabels(names, rotation=90, fontsize=7)
+        ax.set_xticklabels(names, rotation=45, ha="right", rotation_mode="anchor", fontsize=7)
         ax.set_xlim(0.3, deepest + 0.9)  # the same x range in every panel
-        ax.set_title(f"{name} ({runs[name]['metrics'].get('verdict', '?')})", fontsize=11,
-                     color=colours[name], fontweight="bold")
+        ax.set_title(f"{name}: {runs[name]['metrics'].get('verdict', '?')}", fontsize=11, fontweight="bold")
         ax.set_ylabel("mean |grad| of the layer's weights")
+        ax.set_xlabel("layer depth (BN, transition, aux layers at +0.5)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title="snapshot", title_fontsize=8)
-    ax = axes[-1]
-    curves = {}
-    for name, flow in flows.items():
-        init = flow[flow["epoch"] == 0].sort_values("layer_index")
-        if not init.empty:
-            curves[name] = (init["layer"].tolist(), positive(init["mean_abs_grad"]))
-    markers = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "*"]
-    for i, group in enumerate(same_curves(curves)):
-        layers, values = curves[group[0]]
-        label = group[0] if len(group) == 1 else f"{' = '.join(group)} (same network at init)"
-        ax.plot(depth_positions(layers), values, marker=markers[i % len(markers)], ms=3.5, lw=1.3,
-                alpha=0.85, color=colours[group[0]], label=label,
-                # a second variant of the group shows in the markers' face colour
-                mfc=colours[group[1]] if len(group) > 1 else colours[group[0]])
-    ax.set_yscale("log")
-    ax.set_xlim(0.3, deepest + 0.9)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_title("every variant at initialisation (epoch 0)", fontsize=11, fontweight="bold")
-    ax.set_ylabel("mean |grad| of the layer's weights")
-    ax.grid(alpha=0.3)
-    for a in axes:
-        a.set_xlabel(depth_label, fontsize=9)
-    # Below the panel, not beside it: a legend on the side would widen its whole column.
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2)
-    fig.suptitle(f"Gradient flow on a fixed probe batch, aligned by depth ({summary})", fontsize=12)
-    return save(fig, "gradient_flow.png")
+    fig.suptitle(f"Gradient flow per variant on a fixed probe batch ({summary})", fontsize=12)
+    return save(fig, "gradient_flow_detail.png")
 
 
 def gradient_heatmap(runs: dict) -> Path:

@@ -1,46 +1,63 @@
-"""Live progress of a training run, through DVCLive: per-epoch metrics in dvclive/<run>/ while
-it trains, and its timings at the end.
+"""Live progress of a training run through DVCLive, the way DVC documents it for a pipeline
+stage: dvc.yaml declares `dvclive/<V>/metrics.json` as a metric of train@<V> (cache: false),
+so `dvc exp show` and `dvc metrics show` read it while the variant trains.
 
-Not a DVC output, on purpose: DVCLive's tables carry timestamps and the timings differ on every
-run, while every DVC output must be byte-identical for equal params and seed. The same numbers
-without the timings are the stage's real outputs (plots/history/, metrics/).
+- Created when training starts (DVCLive clears the folder then), so a run in progress never
+  shows the previous experiment's numbers; rewritten after every epoch with that epoch's
+  numbers (`step` = the epoch).
+- No timings in it and no timestamps (`log_metric(..., timestamp=False)`): it is a DVC output,
+  and equal runs must write equal bytes. The run's timings go to `dvclive/<V>/timings.json`
+  beside it (git-ignored, not an output); the per-epoch curves are plots/history/<V>.csv, which
+  the train stage also rewrites every epoch (no DVCLive .tsv copies of the same numbers).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from gradflow import paths
+from gradflow.files import write_json
 
-LIVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds")
+LIVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
 class LiveLog:
     def __init__(self, name: str, enabled: bool = True):
         self.dir: Path = paths.live(name)
         self.enabled, self.live, self.logged = enabled, None, 0
+        if enabled:
+            from dvclive import Live  # only a training run needs it
+            try:
+                self.live = Live(dir=str(self.dir), resume=False, dvcyaml=None, save_dvc_exp=False,
+                                 report=None)
+            except Exception as e:  # e.g. scmrepo's "Empty git repo" in a repo with no commit yet
+                print(f"train: DVCLive could not start ({e}); writing {self.dir}/metrics.json without it",
+                      file=sys.stderr)
+                self.dir.mkdir(parents=True, exist_ok=True)
+            self.summary({})  # from the start: the last experiment's numbers are gone
+
+    def summary(self, values: dict) -> None:
+        if self.live is not None:
+            self.live.make_summary()
+        else:  # the same file DVCLive writes
+            write_json(self.dir / "metrics.json", values)
 
     def epoch(self, history: list[dict]) -> None:
         """Log the rows of `history` not logged yet (all of them after a resume: the log is
         rewritten from the checkpoint's history, so it never holds an epoch twice)."""
         if not self.enabled:
             return
-        if self.live is None:
-            from dvclive import Live  # only a training run needs it
-            self.live = Live(dir=str(self.dir), resume=False, dvcyaml=None, save_dvc_exp=False,
-                             report=None)
         for row in history[self.logged:]:
-            self.live.step = row["epoch"]
-            for key in LIVE_METRICS:
-                if key in row:
-                    self.live.log_metric(key, row[key])
-            self.live.next_step()
+            if self.live is not None:
+                self.live.step = row["epoch"]
+                for key in LIVE_METRICS:
+                    self.live.log_metric(key, row[key], plot=False)
+            self.summary({**{key: row[key] for key in LIVE_METRICS}, "step": row["epoch"]})
         self.logged = len(history)
 
-    def end(self, summary: dict) -> None:
+    def end(self, timings: dict) -> None:
+        if self.enabled:
+            write_json(paths.live_timings(self.dir.name), timings)
         if self.live is not None:
-            for key, value in summary.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.live.summary[key] = value
-            self.live.log_params({k: v for k, v in summary.items() if isinstance(v, str)})
             self.live.end()

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradflow.params import ModelParams, Variant, depth_error
+from gradflow.verdict import NUM_CLASSES
 
-NUM_CLASSES = 100
+LOGITS = "logit_linear_layer"  # the classifier's layer: its output is the logits
 
 
 def blocks_per_stage(depth: int, stages: int) -> int:

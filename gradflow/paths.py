@@ -40,7 +40,7 @@ def model(variant: str) -> Path:
 
 
 def workdir(variant: str) -> Path:
-    return MODELS / variant              # snapshots + resume checkpoint (persist)
+    return MODELS / variant              # weight snapshots (the resume state: RESUME, below)
 
 
 def snapshot(variant: str, epoch: int) -> Path:
@@ -62,6 +62,10 @@ def metrics(variant: str) -> Path:
     return METRICS / f"{variant}.json"
 
 
+def signal_metrics(variant: str) -> Path:
+    return METRICS / "signal" / f"{variant}.json"   # gradients: the logits' signal share
+
+
 def sweep_metrics(depth: int, fix: str) -> Path:
     return METRICS / "sweep" / f"{depth}-{fix}.json"
 
@@ -78,8 +82,18 @@ def grad_flow(variant: str) -> Path:
     return PLOTS / "grad_flow" / f"{variant}.csv"
 
 
-LIVE = Path("dvclive")                   # per-epoch progress and timings; not a DVC output
+LIVE = Path("dvclive")                   # DVCLive: per-epoch progress (metrics.json, an output)
 
 
 def live(name: str) -> Path:
     return LIVE / name
+
+
+def live_timings(name: str) -> Path:
+    """The run's timings: they differ on every run, so not an output (git-ignored)."""
+    return live(name) / "timings.json"
+
+# The page `dvc plots show/diff` fill (.dvc/config: plots.html_template, relative to .dvc/):
+# Vega inlined from the installed vl-convert-python, written by gradflow.vega; git-ignored by
+# DVC's own .dvc/.gitignore (/tmp).
+PLOTS_PAGE = Path(".dvc") / "tmp" / "plots_page.html"

@@ -8,6 +8,7 @@ activation comes after).
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 
@@ -19,19 +20,57 @@ from gradflow.data import Augment, Dataset
 from gradflow.errors import DataError
 from gradflow.files import torch_load
 from gradflow.loss import aux_weight_at, loss_fn
-from gradflow.model import VGG, depth_positions, probed_parameters
+from gradflow.model import LOGITS, VGG, depth_positions, probed_parameters
 from gradflow.params import RunConfig
 from gradflow.tables import ACTIVATION_COLUMNS, PROBE_COLUMNS  # noqa: F401  (the columns: gradflow/tables.py)
 
 
-def probe(model: VGG, x: torch.Tensor, y: torch.Tensor, include_bias: bool, aux_weight: float):
-    """Per probed layer: (name, [mean|g|, ||g||, max|g|, ||w||], [act mean, std, nonpos frac])."""
-    probed = probed_parameters(model, include_bias)
-    owners = {name.rsplit(".", 1)[0] for name, p in model.named_parameters()}
+def signal_share(out: torch.Tensor) -> float:
+    """The share of a layer's output that depends on the image. Per channel c (a logit is a
+    channel of one position): sum over positions p of Var_n a[n, c, p], the variance across the
+    probe images, over sum over p of E_n a[n, c, p]^2, the total second moment; then the mean
+    over channels (a channel that is 0 for every image counts as 0). 0 when every image gives
+    the same output, 1 when the output averages to 0 over the images at every position. In
+    float64: plain VGG_38's shares reach 1e-30, far below float32's resolution."""
+    a = out.detach().double()
+    a = a.flatten(2) if a.dim() > 2 else a.unsqueeze(-1)  # (images, channels, positions)
+    between = a.var(dim=0, unbiased=False).sum(-1)
+    total = a.pow(2).mean(dim=0).sum(-1)
+    share = torch.where(total > 0, between / total.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    return float(share.mean())
+
+
+def _outputs(model: VGG, owners: set[str]):
+    """Hooks that keep each parameter-owning module's output (by its name, dots as _)."""
     outputs: dict[str, torch.Tensor] = {}
     hooks = [module.register_forward_hook(
-        lambda m, inp, out, key=key.replace(".", "_"): outputs.__setitem__(key, out.detach().float()))
+        lambda m, inp, out, key=key.replace(".", "_"): outputs.__setitem__(key, out.detach()))
         for key, module in model.named_modules() if key in owners]
+    return outputs, hooks
+
+
+def signal_shares(model: VGG, x: torch.Tensor, owners: set[str]) -> dict[str, float]:
+    """signal_share of every parameter-owning layer's output, from a float64 copy of the model
+    run forward on the probe batch in training mode (as the probe runs)."""
+    model64 = copy.deepcopy(model).double()
+    outputs, hooks = _outputs(model64, owners)
+    model64.train()
+    try:
+        with torch.no_grad():
+            model64(x.double())
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: signal_share(out) for name, out in outputs.items()}
+
+
+def probe(model: VGG, x: torch.Tensor, y: torch.Tensor, include_bias: bool, aux_weight: float):
+    """Per probed layer: (name, [mean|g|, ||g||, max|g|, ||w||], [act mean, std, nonpos frac,
+    signal share])."""
+    probed = probed_parameters(model, include_bias)
+    owners = {name.rsplit(".", 1)[0] for name, p in model.named_parameters()}
+    shares = signal_shares(model, x, owners)
+    outputs, hooks = _outputs(model, owners)
     model.train()  # batch statistics in BN, auxiliary heads on: what training sees
     model.zero_grad(set_to_none=True)
     try:
@@ -44,11 +83,21 @@ def probe(model: VGG, x: torch.Tensor, y: torch.Tensor, include_bias: bool, aux_
     stats = grad_stats([p for _, p in probed]).cpu().tolist()
     rows = []
     for (name, _), s in zip(probed, stats):
-        out = outputs.get(name.removesuffix("_bias"))
-        acts = ([out.mean().item(), out.std().item(), (out <= 0).float().mean().item()]
-                if out is not None else [math.nan] * 3)
+        key = name.removesuffix("_bias")
+        out = outputs.get(key)
+        acts = ([out.float().mean().item(), out.float().std().item(), (out <= 0).float().mean().item(),
+                 shares[key]] if out is not None else [math.nan] * 4)
         rows.append((name, s, acts))
     return rows
+
+
+def logits_signal_share(rows: list[tuple], epoch: int) -> float | None:
+    """The logits' signal share at one probed epoch (the last layer's row), 6 significant digits."""
+    share = [r[PROBE_COLUMNS.index("signal_share")] for r in rows
+             if r[1] == epoch and r[PROBE_COLUMNS.index("layer")].startswith(LOGITS)]
+    if not share or not math.isfinite(share[0]):
+        return None
+    return float(f"{share[0]:.6g}")
 
 
 def probe_run(cfg: RunConfig, dataset: Dataset, probe_size: int, device: torch.device) -> tuple[list, int]:
@@ -63,7 +112,8 @@ def probe_run(cfg: RunConfig, dataset: Dataset, probe_size: int, device: torch.d
     steps_per_epoch = -(-len(dataset.train) // t.batch_size)
     predicted = theory.predict(cfg.variant, cfg.model, input_kernel=theory.input_kernel(x.cpu()),
                                batch_size=n_probe, include_bias=cfg.gradients.include_bias)
-    predicted = predicted.mean_abs_grad() if predicted is not None else {}
+    predicted = {layer.name: (layer.mean_abs_grad, layer.signal_share)
+                 for layer in (predicted.layers if predicted is not None else [])}
 
     torch.manual_seed(t.seed)
     model = VGG(cfg.variant, cfg.model).to(device)
@@ -87,9 +137,9 @@ def probe_run(cfg: RunConfig, dataset: Dataset, probe_size: int, device: torch.d
         depths = depth_positions([name for name, _, _ in probed])
         for i, (name, g, a) in enumerate(probed):
             # update_ratio belongs to an optimizer step; a probe takes none.
-            theory_value = predicted.get(name, math.nan) if epoch == 0 else math.nan
+            expected = predicted.get(name, (math.nan, math.nan)) if epoch == 0 else (math.nan, math.nan)
             rows.append((cfg.name, epoch, epoch * steps_per_epoch, i, name, *g, math.nan, depths[i], *a,
-                         theory_value))
+                         *expected))
     return rows, n_probe
 
 

@@ -9,6 +9,8 @@ import pandas as pd
 
 from gradflow import params as P
 from gradflow.figures import FIGURES, run_summary
+from gradflow.model import LOGITS
+from gradflow.theory import SHARE_RESOLUTION
 from gradflow.verdict import RULE, VERDICTS, rule_numbers, verdict
 
 
@@ -41,16 +43,18 @@ def reference_verdicts(reference: dict[str, pd.DataFrame]) -> dict[str, str]:
 
 def expected_verdict(name: str, variant: P.Variant | None, reference: dict[str, str]) -> str:
     """What the reference says this variant should do: its own run where it shipped one, and for
-    a fixed VGG_38 the coursework's conclusion that the fixes make it train."""
+    a VGG_38 with one of the coursework's four fixes (its papers: batch norm, residual, dense
+    connections, deep supervision) its conclusion that they make it train. He initialisation is
+    not one of them: nothing ("–"); benchmarks/he_init.md measures it."""
     if name in reference:
         return f"{reference[name]} (coursework run)"
-    if variant is not None and variant.depth > 8 and has_fix(variant):
+    if variant is not None and variant.depth > 8 and coursework_fix(variant):
         return "learns (coursework's conclusion)"
     return "–"
 
 
-def has_fix(v: P.Variant) -> bool:
-    return v.batch_norm or v.residual or v.dense or v.deep_supervision or v.init != "default"
+def coursework_fix(v: P.Variant) -> bool:
+    return v.batch_norm or v.residual or v.dense or v.deep_supervision
 
 
 def ratio_text(log10_ratio) -> str:
@@ -58,6 +62,13 @@ def ratio_text(log10_ratio) -> str:
     if log10_ratio is None or (isinstance(log10_ratio, float) and math.isnan(log10_ratio)):
         return "n/a"
     return f"{10.0 ** log10_ratio:.1e}"
+
+
+def share_text(share) -> str:
+    """A signal share (0..1) with two significant digits; n/a before the gradients stage ran."""
+    if share is None or (isinstance(share, float) and math.isnan(share)):
+        return "n/a"
+    return f"{share:.2g}"
 
 
 def story(runs: dict, expected: dict[str, str]) -> list[str]:
@@ -82,6 +93,56 @@ def story(runs: dict, expected: dict[str, str]) -> list[str]:
         differ = [n for n in agree if n not in same]
         lines.append(f"- Verdicts that match the reference's: {len(same)} of {len(agree)}"
                      + (f" (differ: {', '.join(differ)})" if differ else ""))
+    return lines
+
+
+def signal_rows(runs: dict) -> list[list[str]]:
+    """Per variant, from its probe table: the signal share of the last conv and of the logits at
+    initialisation and at the last snapshot, the verdict, and where the mean-field prediction
+    resolves it, the range of measured / predicted over the layers at initialisation."""
+    rows = []
+    for name, run in runs.items():
+        flow = run["flow"]
+        if flow.empty or "signal_share" not in flow:
+            continue
+        flow = flow[~flow["layer"].str.endswith("_bias")]
+        convs = flow[flow["layer"].str.contains(r"conv_\d+$", regex=True)]
+        logits = flow[flow["layer"] == LOGITS]
+        last_epoch = int(flow["epoch"].max())
+
+        def at(table, epoch):
+            values = table[table["epoch"] == epoch]["signal_share"]
+            return f"{values.iloc[-1]:.2g}" if len(values) and pd.notna(values.iloc[-1]) else "n/a"
+        init = flow[(flow["epoch"] == 0) & flow["predicted_signal_share"].notna()
+                    & (flow["predicted_signal_share"] > 0) & (flow["signal_share"] > 0)]
+        factor = init["signal_share"] / init["predicted_signal_share"]
+        at_init = flow[flow["epoch"] == 0]
+        if len(factor):
+            spread = f"{factor.min():.2g} – {factor.max():.2g} ({len(factor)} layers)"
+        elif at_init["predicted_mean_abs_grad"].isna().all():
+            spread = "no mean-field form"
+        else:
+            spread = "below the prediction's resolution"
+        rows.append([name, run["metrics"].get("verdict", "?"), at(convs, 0), at(convs, last_epoch),
+                     at(logits, 0), at(logits, last_epoch), str(last_epoch), spread])
+    return rows
+
+
+def signal_story(runs: dict) -> list[str]:
+    """One sentence per verdict: the range of the logits' signal share at the end, from the run."""
+    by_verdict: dict[str, list[tuple[str, float]]] = {}
+    for name, run in runs.items():
+        share = run["metrics"].get("signal_share_final")
+        if share is not None and run["metrics"].get("verdict"):
+            by_verdict.setdefault(run["metrics"]["verdict"], []).append((name, share))
+    lines = []
+    for v in VERDICTS:
+        if v in by_verdict:
+            shares = [s for _, s in by_verdict[v]]
+            names = ", ".join(n for n, _ in by_verdict[v])
+            lines.append(f"- {v} ({names}): the logits' signal share at the end is "
+                         + (f"{shares[0]:.2g}" if len(shares) == 1 else f"{min(shares):.2g} to {max(shares):.2g}")
+                         + ".")
     return lines
 
 
@@ -116,7 +177,8 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, reference: dict[str, pd.Da
     ref_verdicts = reference_verdicts(reference)
     expected = {name: expected_verdict(name, variants.get(name), ref_verdicts) for name in runs}
     header = ["variant", "verdict", "reference", "final train loss", "best val acc", "test acc",
-              "test loss", "epochs", "best epoch", "params", "grad ratio at init", "at end"]
+              "test loss", "epochs", "best epoch", "params", "grad ratio at init", "at end",
+              "signal share at init", "share at end"]
     rows = []
     for name, run in runs.items():
         m = run["metrics"]
@@ -128,13 +190,17 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, reference: dict[str, pd.Da
                      fmt(m.get("best_val_acc"), ".3f"), fmt(m.get("test_acc"), ".3f"),
                      fmt(m.get("test_loss")), epochs, str(m.get("best_epoch")),
                      fmt(m.get("params"), ",d"), ratio_text(m.get("log10_grad_ratio_init")),
-                     ratio_text(m.get("log10_grad_ratio_final"))])
+                     ratio_text(m.get("log10_grad_ratio_final")), share_text(m.get("signal_share_init")),
+                     share_text(m.get("signal_share_final"))])
     summary = run_summary([r["metrics"] for r in runs.values()])
     parts = ["# Results", "",
              f"Every variant in params.yaml that has metrics ({summary}). Epochs are "
              "run/configured; the test scores use the best-validation weights; grad ratio is "
              "mean |grad| of the first conv over the last conv at the first and last sampled "
-             "training step. Timings are not here (they differ on every run): see dvclive/<variant>/.",
+             "training step; signal share is the part of the logits' second moment that "
+             "depends on the image (variance across the probe images over the total, per logit, "
+             "averaged; float64: gradflow/probe.py), at the first and last probed snapshot. "
+             "Timings are not here (they differ on every run): see dvclive/<variant>/timings.json.",
              "", markdown_table(header, rows) if rows else "_No variant has metrics yet._", "",
              f"Verdict rule (gradflow/verdict.py): {RULE}. The reference column judges the "
              "coursework's shipped runs by the same rule; for the fixed variants it gives the "
@@ -160,6 +226,19 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, reference: dict[str, pd.Da
                   "and the probe images' covariance) against the probe batch's measurement.", "",
                   markdown_table(["variant", "predicted first/last conv", "measured",
                                   "measured / predicted mean abs grad, per layer"], theory), ""]
+    signal = signal_rows(runs)
+    if signal:
+        parts += ["## The forward signal", "",
+                  "Signal share (gradflow/probe.py): the part of a layer's output that depends on "
+                  "the image, per channel the variance across the probe images over the total second "
+                  "moment, averaged over channels, in float64. 0: every image gives the same output; "
+                  "the loss cannot fall below ln 100 then, whatever the gradients do. Measured / "
+                  "predicted: the mean-field form of the same share (gradflow/theory.py), at "
+                  f"initialisation, over the layers where it resolves (a share below "
+                  f"{SHARE_RESOLUTION:.0e} is lost to float64 cancellation in 1 - cross / same).", "",
+                  markdown_table(["variant", "verdict", "last conv at init", "at end", "logits at init",
+                                  "logits at end", "end epoch", "measured / predicted, per layer"], signal), ""]
+        parts += signal_story(runs) + [""]
     parts += ["## Depth sweep", ""]
     if sweep.empty:
         parts += ["_No sweep results (metrics/sweep/ is empty)._", ""]

@@ -18,12 +18,13 @@ from gradflow.errors import DataError
 HISTORY_COLUMNS = ("variant", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 STATS = ("mean_abs_grad", "grad_norm", "max_abs_grad", "weight_norm", "update_ratio")
 CAPTURE_COLUMNS = ("variant", "epoch", "step", "layer_index", "layer") + STATS + ("depth",)
-ACTIVATION_COLUMNS = ("act_mean", "act_std", "act_nonpos_frac")
-PROBE_COLUMNS = CAPTURE_COLUMNS + ACTIVATION_COLUMNS + ("predicted_mean_abs_grad",)
+ACTIVATION_COLUMNS = ("act_mean", "act_std", "act_nonpos_frac", "signal_share")  # gradflow/probe.py
+PROBE_COLUMNS = CAPTURE_COLUMNS + ACTIVATION_COLUMNS + ("predicted_mean_abs_grad", "predicted_signal_share")
 TEXT_COLUMNS = ("variant", "layer")  # every other column holds numbers (nan allowed)
 
 METRICS_KEYS = ("verdict", "test_acc", "test_loss", "best_val_acc", "final_train_loss",
                 "log10_grad_ratio_init", "log10_grad_ratio_final")  # metrics/<variant>.json
+SIGNAL_KEYS = ("signal_share_init", "signal_share_final")  # metrics/signal/<variant>.json
 SWEEP_KEYS = ("depth", "fix", "verdict", "final_train_loss", "best_val_acc", "log10_grad_ratio_init",
               "log10_grad_ratio_final", "log10_grad_ratio_predicted")  # metrics/sweep/<point>.json
 

@@ -106,13 +106,27 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gradflow.model import NUM_CLASSES, blocks_per_stage
+from gradflow.model import blocks_per_stage
+from gradflow.verdict import NUM_CLASSES
 from gradflow.params import ModelParams, Variant
 
 SLOPE = 0.01  # F.leaky_relu's default negative slope
 IMAGE_SIZE = 32
 IN_CHANNELS = 3
 GAUSS_MEAN_ABS = math.sqrt(2 / math.pi)  # mean |g| / rms(g) for a zero-mean Gaussian
+
+
+SHARE_RESOLUTION = 1e-12  # the smallest share 1 - cross / same resolves in float64
+
+
+def _share(difference: float, same: float, total: float | None = None) -> float:
+    """difference / total (total: same by default); NaN where difference / same is below
+    SHARE_RESOLUTION (cancellation), 0 for a signal with no second moment."""
+    if same <= 0:
+        return 0.0
+    if difference / same < SHARE_RESOLUTION:
+        return math.nan
+    return difference / (same if total is None else total)
 
 
 @dataclass
@@ -131,6 +145,14 @@ class Kernel:
         fixed network, a per-channel constant (the activations' mean, the biases)."""
         return min(max(self.cross.mean().item() / max(self.second_moment(), 1e-300), 0.0), 1.0)
 
+    def signal_share(self) -> float:
+        """The share of the second moment that differs between images, 1 - cross / same on the
+        diagonal (positions): the mean-field form of gradflow.probe.signal_share, with the
+        channels averaged before the ratio, not after. NaN below SHARE_RESOLUTION: the difference
+        of two float64 moments that agree to 13 digits is rounding, not a share."""
+        same = _diag(self.same).sum().item()
+        return _share(same - _diag(self.cross).sum().item(), same)
+
     def map(self, f) -> "Kernel":
         return Kernel(f(self.same), f(self.cross))
 
@@ -143,6 +165,7 @@ class LayerPrediction:
     q_in: float = math.nan  # forward second moment of the layer's input (conv, linear)
     q_out: float = math.nan  # of its output, before any BN and activation
     q_back: float = math.nan  # second moment of the gradient arriving at that output
+    signal_share: float = math.nan  # of the layer's output (Kernel.signal_share)
     rms_grad: float = math.nan  # root mean square of the weight gradient's elements
     grad_norm: float = math.nan  # ||g||_2 = rms_grad * sqrt(number of elements)
 
@@ -332,7 +355,7 @@ class _Conv:
     def forward(self, k: Kernel, biases: bool) -> Kernel:
         self.k_in = k
         out = _conv(k, self.channels_in * self.w_var, self.b_var if (self.bias and biases) else 0.0)
-        self.q_out = out.second_moment()
+        self.q_out, self.share_out = out.second_moment(), out.signal_share()
         return out
 
     def backward(self, b: torch.Tensor, batch: int, rows: list) -> torch.Tensor:
@@ -341,7 +364,8 @@ class _Conv:
         tail = gate * (_tail(self.k_in.coherence()) if self.rectified_input else 1.0)
         rows.append(_row(self.name, "conv", _grad_rms2(b, self.k_in.same, batch),
                          self.channels_in * self.channels_out * 9, tail,
-                         q_in=self.k_in.second_moment(), q_out=self.q_out, q_back=q_back))
+                         q_in=self.k_in.second_moment(), q_out=self.q_out, q_back=q_back,
+                         signal_share=self.share_out))
         if self.bias:
             rows.append(_row(self.name + "_bias", "bias", batch * b.sum().item(), self.channels_out, gate,
                              q_back=q_back))
@@ -357,7 +381,8 @@ class _BN:
         return self.k_out
 
     def backward(self, b: torch.Tensor, batch: int, rows: list) -> torch.Tensor:
-        rows.append(_row(self.name, "bn_weight", batch * (b * self.k_out.same).sum().item(), self.channels))
+        rows.append(_row(self.name, "bn_weight", batch * (b * self.k_out.same).sum().item(), self.channels,
+                         signal_share=self.k_out.signal_share()))
         rows.append(_row(self.name + "_bias", "bn_bias", batch * b.sum().item(), self.channels))
         return b / self.var
 
@@ -460,11 +485,14 @@ def predict(variant: Variant, model: ModelParams = ModelParams(), *, input_secon
             blocks.append(block)
     h, w = k.same.shape[:2]
     q_features = k.same.mean().item()  # E[feature^2] after global average pooling
+    # logit = W f + b, Var[w] = Var[b] = 1 / (3 width): its image-dependent part (1/3)(q - cross)
+    # over its second moment (1/3) q + 1 / (3 width)
+    share_logits = _share(q_features - k.cross.mean().item(), q_features, q_features + 1 / width)
 
     # the head and the loss
     q_logit = (1 - 1 / classes) / (classes * batch_size ** 2)  # per logit, per image
     head = [_row("logit_linear_layer", "linear", batch_size * q_logit * q_features, classes * width,
-                 _tail(k.coherence()), q_in=q_features, q_back=q_logit),
+                 _tail(k.coherence()), q_in=q_features, q_back=q_logit, signal_share=share_logits),
             _row("logit_linear_layer_bias", "linear_bias", batch_size * q_logit, classes, q_back=q_logit)]
     q_pooled_back = classes * (1 / (3 * width)) * q_logit
     b = torch.full_like(k.same, q_pooled_back / (h * w) ** 2)

@@ -38,6 +38,8 @@ from gradflow.model import VGG, probed_parameters
 from gradflow.params import RunConfig, device_error
 from gradflow.verdict import DIVERGED_LOSS, is_divergent, verdict
 
+PROGRESS_SECONDS = 15  # within an epoch, a progress line this often where stderr is no terminal
+
 
 @dataclass
 class Dist:
@@ -170,7 +172,8 @@ class Result:
 
     def timings(self) -> dict:
         """Wall-clock figures: they differ on every run, so they stay out of DVC's outputs."""
-        return {"device": self.device, "seconds_per_epoch": round(self.seconds_per_epoch, 3),
+        return {"device": self.device, "epochs_run": len(self.history),
+                "seconds_per_epoch": round(self.seconds_per_epoch, 3),
                 "images_per_second": round(self.images_per_second, 1)}
 
 
@@ -365,9 +368,17 @@ class Training:
         steps_per_epoch = -(-n // batch)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(range(steps_per_epoch), desc=f"{self.progress}{self.cfg.name} {epoch}/{t.epochs}",
-                   leave=False, disable=None if dist.main else True, file=sys.stderr)
+        desc = f"{self.progress}{self.cfg.name} epoch {epoch}/{t.epochs}"
+        # A bar in a terminal; where stderr is not one (DVC's log, CI, a file) a line every
+        # PROGRESS_SECONDS instead. Both count steps only: no host sync.
+        tty = dist.main and sys.stderr.isatty()
+        bar = tqdm(range(steps_per_epoch), desc=desc, leave=False, disable=not tty, file=sys.stderr)
+        last_line = started
         for i in bar:
+            if dist.main and not tty and time.perf_counter() - last_line >= PROGRESS_SECONDS:
+                last_line = time.perf_counter()
+                print(f"train: {desc}: step {i}/{steps_per_epoch}, {last_line - started:.0f} s",
+                      file=sys.stderr, flush=True)
             lo = i * batch
             x = self.augment.normalize(images[lo + dist.rank:lo + batch:dist.world])
             y = labels[lo + dist.rank:lo + batch:dist.world]

@@ -25,6 +25,7 @@ from gradflow import paths
 from gradflow.cli import cli
 from gradflow.files import write_text
 from gradflow.memory import require_fits
+from gradflow.vega import write_page
 
 
 @cli
@@ -49,6 +50,8 @@ def main(argv: list[str]) -> None:
             stale.unlink()
     print(f"check: params.yaml is valid; {len(configs)} resolved configs in {paths.CONFIG}/",
           file=sys.stderr)
+    if write_page():  # once per clone (a few seconds): `dvc plots show` pages that draw offline
+        print(f"check: {paths.PLOTS_PAGE}: the offline page for dvc plots show / diff", file=sys.stderr)
 
 
 if __name__ == "__main__":

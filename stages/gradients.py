@@ -9,8 +9,10 @@ images for every variant, un-augmented) forward and backward in training mode wi
 training loss, and records per layer the gradient statistics of the training capture plus the
 layer's output mean, std and fraction of non-positive values (its pre-activations: the
 activation comes after), and at epoch 0 the mean-field prediction of each layer's mean |grad|
-(gradflow/theory.py; empty where the variant has no mean-field form). Writes
-plots/grad_flow/V.csv, rows in the capture's long format.
+(gradflow/theory.py; empty where the variant has no mean-field form), and each layer's signal
+share (the part of its output that depends on the image, in float64: gradflow/probe.py).
+Writes plots/grad_flow/V.csv, rows in the capture's long format, and metrics/signal/V.json:
+the logits' signal share at initialisation and at the last snapshot.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from gradflow import paths
 from gradflow.cli import cli
 from gradflow.data import load_dataset
 from gradflow.device import pick_device
-from gradflow.files import require_writable, write_csv
-from gradflow.probe import PROBE_COLUMNS, probe_run
+from gradflow.files import require_writable, write_csv, write_json
+from gradflow.probe import PROBE_COLUMNS, logits_signal_share, probe_run
 
 
 @cli
@@ -44,12 +46,16 @@ def main(argv: list[str]) -> None:
     probe_size = args.probe_size if args.probe_size is not None else params.gradients.probe_size
     if probe_size < 1:  # 0 too: it used to mean "params.yaml's value"
         raise P.ParamsError(f"--probe-size / gradients.probe_size: must be >= 1, got {probe_size}")
-    require_writable([paths.grad_flow(cfg.name).parent])
+    require_writable([paths.grad_flow(cfg.name).parent, paths.signal_metrics(cfg.name).parent])
     dataset = load_dataset(cfg.data)
     rows, n_probe = probe_run(cfg, dataset, probe_size, pick_device(cfg.train.device))
     if args.config:  # params.yaml must still say what this run used (a concurrent dvc exp run)
         P.require_unchanged(args.config, cfg, f"gradients@{cfg.name}", stamp)
     write_csv(paths.grad_flow(cfg.name), PROBE_COLUMNS, rows)
+    epochs = sorted({r[1] for r in rows})
+    write_json(paths.signal_metrics(cfg.name),  # the headline of the forward signal (gradflow/probe.py)
+               {"signal_share_init": logits_signal_share(rows, 0) if 0 in epochs else None,
+                "signal_share_final": logits_signal_share(rows, epochs[-1]) if epochs else None})
     print(f"gradients: {cfg.name}: {len(rows)} rows on {n_probe} probe images -> {paths.grad_flow(cfg.name)}",
           file=sys.stderr)
 

@@ -15,6 +15,7 @@ from gradflow import tables as T
 from gradflow.cli import cli
 from gradflow.files import atomic_write, read_json, require_writable, write_text
 from gradflow.report import results_markdown
+from gradflow.vega import write_page
 
 
 def check_inputs(params: P.Params) -> None:
@@ -27,8 +28,11 @@ def check_inputs(params: P.Params) -> None:
         T.check_metrics(paths.metrics(name), read_json(paths.metrics(name), train), T.METRICS_KEYS, train)
         T.check_table(paths.history(name), T.HISTORY_COLUMNS, name, train)
         T.check_table(paths.grad_capture(name), T.CAPTURE_COLUMNS, name, train)
-        T.check_table(paths.grad_flow(name), T.PROBE_COLUMNS, name,
-                      f"rerun its gradients stage (dvc repro -f gradients@{name})")
+        probe = f"rerun its gradients stage (dvc repro -f gradients@{name})"
+        T.check_table(paths.grad_flow(name), T.PROBE_COLUMNS, name, probe)
+        if paths.signal_metrics(name).is_file():
+            T.check_metrics(paths.signal_metrics(name), read_json(paths.signal_metrics(name), probe),
+                            T.SIGNAL_KEYS, probe)
     for depth in params.sweep.depths:
         for fix in params.sweep.fixes:
             path, redo = paths.sweep_metrics(depth, fix), f"rerun that point (dvc repro -f sweep@{depth}-{fix})"
@@ -50,11 +54,14 @@ def main(argv: list[str]) -> None:
     sweep, sweep_metrics = Fg.load_sweep(params.sweep)
 
     written = [Fg.training_curves(runs, reference, colours), Fg.gradient_flow(runs, colours),
-               Fg.gradient_heatmap(runs), Fg.activations(runs, colours), Fg.depth_sweep(sweep, sweep_metrics)]
+               Fg.gradient_flow_detail(runs), Fg.signal_flow(runs, colours), Fg.gradient_heatmap(runs),
+               Fg.activations(runs, colours), Fg.depth_sweep(sweep, sweep_metrics)]
     atomic_write(Fg.OUT / "sweep.csv", lambda tmp: sweep.to_csv(tmp, index=False))
     write_text(Fg.OUT / "results.md", results_markdown(runs, sweep, reference, Fg.load_reference_test(),
                                                        params.variants))
     written += [Fg.OUT / "sweep.csv", Fg.OUT / "results.md"]
+    if write_page():  # `dvc plots show` / `diff` draw offline (gradflow/vega.py); missing in a new clone
+        written.append(paths.PLOTS_PAGE)
     print(f"plots: {len(runs)} of {len(names)} variants, {len(sweep)} sweep points -> "
           f"{', '.join(str(p) for p in written)}", file=sys.stderr)
 

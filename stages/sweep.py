@@ -41,7 +41,9 @@ def main(argv: list[str]) -> None:
         P.require_unchanged(args.config, cfg, f"sweep@{cfg.name}", stamp)
     metrics = {k: v for k, v in result.metrics().items() if not k.startswith("test_")}  # no test pass
     metrics["log10_grad_ratio_predicted"] = predicted_log10_ratio(cfg, dataset)
-    write_json(paths.sweep_metrics(args.depth, args.fix), {"depth": args.depth, "fix": args.fix, **metrics})
+    run = result.summary(cfg, dataset.source)  # what the sweep figure's title says it ran on
+    details = {key: run[key] for key in ("data_source", "epochs", "device")}
+    write_json(paths.sweep_metrics(args.depth, args.fix), {"depth": args.depth, "fix": args.fix, **metrics, **details})
     print(f"sweep: {cfg.name}: {metrics['verdict']}, final train loss {metrics['final_train_loss']}",
           file=sys.stderr)
 

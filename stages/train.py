@@ -12,8 +12,9 @@ Outputs, for variant V:
   models/.resume/V.pt            resume state, rewritten every epoch (not a DVC output)
   metrics/V.json                 the headline: verdict, test / best val / final train scores,
                                  log10 first/last-conv gradient ratio at init and at the end
-  plots/history/V.csv            one row per epoch
-  dvclive/V/                     live per-epoch progress and timings (not a DVC output)
+  plots/history/V.csv            one row per epoch (rewritten after every epoch)
+  dvclive/V/metrics.json         DVCLive: the last epoch's numbers, from the start of the run
+  dvclive/V/timings.json         seconds per epoch, images per second (not an output)
   plots/grad_capture/V.csv       sampled per-layer gradient statistics, long format
 """
 
@@ -35,13 +36,16 @@ from gradflow.training import Result, fit
 
 
 
+def write_history(name: str, history: list[dict]) -> None:
+    write_csv(paths.history(name), HISTORY_COLUMNS, [[name] + [h[c] for c in HISTORY_COLUMNS[1:]] for h in history])
+
+
 def write_outputs(cfg: P.RunConfig, result: Result, source: str) -> dict:
     """Every DVC output of the stage; all deterministic for a given config and seed."""
     metrics = result.metrics()
     torch_save(paths.model(cfg.name), {"model": result.best_state, "config": cfg.to_dict(),
                                        "run": result.summary(cfg, source)})
-    write_csv(paths.history(cfg.name), HISTORY_COLUMNS,
-              [[cfg.name] + [h[c] for c in HISTORY_COLUMNS[1:]] for h in result.history])
+    write_history(cfg.name, result.history)
     write_csv(paths.grad_capture(cfg.name), COLUMNS, [(cfg.name, *r) for r in result.capture_rows])
     write_json(paths.metrics(cfg.name), metrics)  # last: its presence means the rest is complete
     return metrics
@@ -75,10 +79,15 @@ def main(argv: list[str]) -> None:
     # last epoch would cost the whole run.
     require_writable([paths.model(cfg.name).parent, workdir, paths.checkpoint(cfg.name).parent,
                       paths.metrics(cfg.name).parent, paths.history(cfg.name).parent,
-                      paths.grad_capture(cfg.name).parent])
+                      paths.grad_capture(cfg.name).parent, paths.LIVE])
     dataset = load_dataset(cfg.data)
     live = LiveLog(cfg.name, enabled=int(os.environ.get("RANK", 0)) == 0)
-    result = fit(cfg, dataset, workdir=workdir, checkpoint=paths.checkpoint(cfg.name), on_epoch=live.epoch)
+
+    def on_epoch(history: list[dict]) -> None:  # rank 0, after every epoch: what a run in progress shows
+        write_history(cfg.name, history)        # `dvc plots show`
+        live.epoch(history)                     # `dvc exp show`, `dvc metrics show`
+
+    result = fit(cfg, dataset, workdir=workdir, checkpoint=paths.checkpoint(cfg.name), on_epoch=on_epoch)
     import torch.distributed as dist
     if dist.is_initialized():  # under torchrun: the collectives are over; only rank 0 writes
         rank = dist.get_rank()
@@ -88,13 +97,13 @@ def main(argv: list[str]) -> None:
     if args.config:  # params.yaml must still say what this run trained with (a concurrent dvc exp run)
         P.require_unchanged(args.config, cfg, f"train@{cfg.name}", stamp)
     metrics = write_outputs(cfg, result, dataset.source)
-    live.end({**result.timings(), **metrics})
-    paths.checkpoint(cfg.name).unlink(missing_ok=True)  # the run is complete: nothing to resume
     timings = result.timings()
+    live.end(timings)
+    paths.checkpoint(cfg.name).unlink(missing_ok=True)  # the run is complete: nothing to resume
     print(f"train: {cfg.name}: {metrics['verdict']}, best val acc {metrics['best_val_acc']}, "
           f"test acc {metrics['test_acc']} loss {metrics['test_loss']}, "
-          f"{timings['seconds_per_epoch']:.1f} s/epoch on {timings['device']} (timings: {live.dir}/)",
-          file=sys.stderr)
+          f"{timings['seconds_per_epoch']:.1f} s/epoch on {timings['device']} "
+          f"(timings: {paths.live_timings(cfg.name)})", file=sys.stderr)
 
 
 if __name__ == "__main__":

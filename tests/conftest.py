@@ -7,6 +7,7 @@ themselves in the official pickle format.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import shutil
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from gradflow.paths import PLOTS_PAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -68,8 +71,19 @@ def write_params(project: Path, overrides: dict | None = None, base: dict | None
     return params
 
 
+@functools.cache
+def offline_page() -> Path:
+    """The offline `dvc plots` page (gradflow/vega.py), built once per session in the checkout
+    (as its check stage would) and copied into every project copy: each copy's check would
+    otherwise spend seconds building the same bytes."""
+    run([PYTHON, "-c", "from gradflow.vega import write_page; write_page()"], cwd=ROOT)
+    return ROOT / PLOTS_PAGE
+
+
 def copy_project(dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
+    (dst / PLOTS_PAGE).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(offline_page(), dst / PLOTS_PAGE)
     for name in PROJECT_FILES:
         src = ROOT / name
         if src.is_dir():

@@ -7,9 +7,11 @@ feeds every test; the tests that change something work on a copy of it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import matplotlib.image
@@ -25,7 +27,8 @@ from gradflow.model import VGG, depth_positions, probed_parameters
 from gradflow.params import ModelParams, Variant
 from gradflow.verdict import VERDICTS
 
-FIGURES = ["training_curves.png", "gradient_flow.png", "gradient_heatmap.png", "activations.png",
+FIGURES = ["training_curves.png", "gradient_flow.png", "gradient_flow_detail.png", "signal_flow.png",
+           "gradient_heatmap.png", "activations.png",
            "depth_sweep.png"]
 SWEEP_COLUMNS = ["depth", "fix", "verdict", "final_train_loss", "best_val_acc",
                  "log10_grad_ratio_init", "log10_grad_ratio_final", "log10_grad_ratio_predicted"]
@@ -141,6 +144,15 @@ def test_results_table_has_a_row_per_variant(plotted):
         assert row["epochs"] == "1/1"
         assert row["test acc"] == f"{metrics['test_acc']:.3f}"
         assert row["params"] == f"{run['params']:,d}"
+        # the forward signal: the logits' share at init and at the end (gradients stage)
+        signal = json.loads((plotted / "metrics" / "signal" / f"{variant}.json").read_text())
+        assert set(signal) == {"signal_share_init", "signal_share_final"}
+        assert all(0 <= v <= 1 for v in signal.values()), signal
+        assert row["signal share at init"] == f"{signal['signal_share_init']:.2g}"
+    flow = pd.read_csv(plotted / "plots" / "grad_flow" / "VGG_38.csv")
+    init = flow[flow["epoch"] == 0]
+    # plain VGG_38 at init: the image's part of the signal falls from the input conv to the logits
+    assert init["signal_share"].iloc[0] > 0.1 and init["signal_share"].iloc[-1] < 1e-10, init["signal_share"]
     assert rows["VGG_38"]["reference"] == "stuck at chance (coursework run)"
     assert rows["VGG_08"]["reference"] == "learns (coursework run)"
     assert "Verdict rule" in text and "## Summary" in text
@@ -252,6 +264,33 @@ def test_dvc_plots_diff_overlays_two_commits(plotted, tmp_path):
     assert "plots/history/VGG_38.csv" in by_title and "plots/grad_flow/VGG_08.csv" in by_title
     for name in FIGURES:  # the stage's figures, as images of both revisions
         assert re.search(rf"HEAD~1[^\"]*{re.escape(name)}", html), name
+    assert_drawn_offline(project / "out" / "index.html", 4)
+    run([DVC, "plots", "show", "-o", "shown"], cwd=project)
+    assert_drawn_offline(project / "shown" / "index.html", 4)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# .ci/run installs Chromium and sets this, so in CI the browser check runs or fails, never skips
+REQUIRE_CHROMIUM = os.environ.get("GRADFLOW_REQUIRE_CHROMIUM") == "1"
+
+
+def assert_drawn_offline(page: Path, charts: int) -> None:
+    """The page `dvc plots` wrote loads no script from the network, and in headless Chromium
+    (no network either: the flags keep it from trying) every one of its `charts` Vega charts
+    draws marks."""
+    html = page.read_text()
+    assert not re.search(r"<script[^>]+src=\"https?:", html), "a script from the network"
+    assert html.count("vegaEmbed('#") == charts
+    if CHROMIUM is None:
+        assert not REQUIRE_CHROMIUM, "GRADFLOW_REQUIRE_CHROMIUM=1 but no chromium on PATH"
+        pytest.skip("chromium is not installed (apt-get install -y chromium); .ci/run installs it")
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update",
+                          "--disable-sync", "--virtual-time-budget=20000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    embeds = dom.split('class="vega-embed')[1:]
+    drawn = [e for e in embeds if re.search(r"<(svg|canvas)\b", e) and "role-mark" in e]
+    assert len(embeds) == charts and len(drawn) == charts, f"{len(drawn)} of {len(embeds)} charts drawn"
 
 
 # --- the plot helpers, without a run ------------------------------------------------------------
@@ -386,22 +425,36 @@ def test_training_curves_on_images_seen_beside_as_much_reference(drawn):
     assert loss_ax.get_xlim()[1] >= 47.5 and "images seen" in fig.axes[2].get_xlabel()
 
 
-def test_gradient_flow_aligned_by_depth_and_no_variant_hidden(drawn):
+def test_gradient_flow_leads_with_every_variant_on_one_axis(drawn):
+    """Figure 2 is one panel: each variant at init (solid; variants with the same network at init
+    are one line naming them all) and at its last snapshot (dashed), aligned by depth, on one log
+    axis, with a title in black; the per-variant panels are in their own file."""
     plain, bn = layers_of(38), layers_of(38, batch_norm=True)
-    runs = {"VGG_38": fake_run("VGG_38", 2, plain, 1e-9),
-            "VGG_38_BN": fake_run("VGG_38_BN", 2, bn, 1e-2),
-            "VGG_38_BN_lr1e2": fake_run("VGG_38_BN_lr1e2", 2, bn, 1e-2)}
-    Fg.gradient_flow(runs, Fg.variant_colours(list(runs)))
+    runs = {"VGG_38": fake_run("VGG_38", 2, plain, 1e-9, "stuck at chance"),
+            "VGG_38_BN": fake_run("VGG_38_BN", 2, bn, 1e-2, "learns"),
+            "VGG_38_BN_lr1e2": fake_run("VGG_38_BN_lr1e2", 2, bn, 1e-2, "learns")}
+    colours = Fg.variant_colours(list(runs))
+    Fg.gradient_flow(runs, colours)
     fig = drawn["gradient_flow.png"]
-    init_ax = [ax for ax in fig.axes if "initialisation" in ax.get_title()][0]
-    labels = [line.get_label() for line in init_ax.get_lines()]
-    assert labels == ["VGG_38", "VGG_38_BN = VGG_38_BN_lr1e2 (same network at init)"]
-    for line in init_ax.get_lines():
-        assert max(line.get_xdata()) == 38.0
-    bn_ax = [ax for ax in fig.axes if ax.get_title().startswith("VGG_38_BN (")][0]
-    ticks = [t.get_text() for t in bn_ax.get_xticklabels()]
-    assert ticks[0] == "input_conv_conv_0" and ticks[-1] == "logit_linear_layer" and len(ticks) == 38
-    assert min(t.get_fontsize() for t in bn_ax.get_xticklabels()) >= 7
+    assert len(fig.axes) == 1
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.title.get_color() in ("black", "k", (0, 0, 0, 1))
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines) == ["VGG_38, init: stuck at chance",
+                           "VGG_38_BN = VGG_38_BN_lr1e2 (same network at init), init",
+                           "VGG_38, epoch 2", "VGG_38_BN, epoch 2", "VGG_38_BN_lr1e2, epoch 2"]
+    for label, line in lines.items():
+        assert max(line.get_xdata()) == 38.0 and min(line.get_xdata()) == 1.0, label
+        assert line.get_linestyle() == ("-" if "init" in label else "--"), label
+    assert lines["VGG_38, epoch 2"].get_color() == colours["VGG_38"]
+
+    Fg.gradient_flow_detail(runs)
+    detail = drawn["gradient_flow_detail.png"]
+    bn_ax = [ax for ax in detail.axes if ax.get_title() == "VGG_38_BN: learns"][0]
+    ticks = bn_ax.get_xticklabels()
+    names = [t.get_text() for t in ticks]
+    assert names[0] == "input_conv_conv_0" and names[-1] == "logit_linear_layer" and len(names) == 38
+    assert min(t.get_fontsize() for t in ticks) >= 7 and {t.get_rotation() for t in ticks} == {45.0}
     colours = {line.get_label(): line.get_color() for line in bn_ax.get_lines()}
     assert len(set(map(str, colours.values()))) == 2 and set(colours) == {"epoch 0 (init)", "epoch 2"}
     assert {line.get_linestyle() for line in bn_ax.get_lines()} == {"-"}

@@ -29,7 +29,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import (DVC, TINY, copy_project, default_params, git_init, kill_after_epoch, merged, run,
+from conftest import (DVC, ROOT, TINY, copy_project, default_params, git_init, kill_after_epoch, merged, run,
                       setting, stage, write_params)
 
 PARAMS = {"model": {"filters": 8},
@@ -189,13 +189,18 @@ def test_train_refuses_a_missing_device_in_one_line(fetched):
     assert not (fetched / "models" / "VGG_08.pt").exists()
 
 
+README_RECOVERY = next(line for line in (ROOT / "README.md").read_text().splitlines()
+                       if line.startswith("touch params.yaml"))
+
+
 @pytest.mark.slow
 def test_dvc_exp_run_with_a_bad_value_stops_at_the_check_and_the_recovery_command_works(project):
     """After a full `dvc repro`, `dvc exp run -S train.flip=1` (DVC writes `flip: 1`, which it
     alone would take for an unchanged `true`) and `-S train.device=cuda` stop in the check stage
     with the key on stderr, and no output changes; `git checkout HEAD -- params.yaml dvc.lock`
-    restores params.yaml even when the failed run left it staged (where a plain
-    `git checkout params.yaml` restores nothing)."""
+    and the README's recovery line (`touch` first, for an index that believes the file clean)
+    restores params.yaml even when the failed run left it staged (where a plain `git checkout
+    params.yaml` restores nothing)."""
     write_params(project, base=merged(tiny(), {"variants": {"VGG_08": {"depth": 8}},
                                                "sweep": {"depths": [8], "fixes": ["none"]}}))
     git_init(project)
@@ -210,7 +215,9 @@ def test_dvc_exp_run_with_a_bad_value_stops_at_the_check_and_the_recovery_comman
     before = outputs()
     assert "models/VGG_08.pt" in before and "metrics/VGG_08.json" in before
 
-    bad = [("train.flip=1", ["train.flip", "true or false", "got 1"])]
+    bad = [("train.flip=1", ["train.flip", "true or false", "got 1"]),
+           # a typo'd key, after DVC's own hint to add it with `+`: the key it meant
+           ("+train.epoch=3", ["train.epoch: unknown key", "did you mean 'epochs'?"])]
     if NO_CUDA:
         bad.append(("train.device=cuda", ["train.device", "'cuda'", "no CUDA device"]))
     for setting_, fragments in bad:
@@ -227,7 +234,7 @@ def test_dvc_exp_run_with_a_bad_value_stops_at_the_check_and_the_recovery_comman
         run(["git", "add", "params.yaml"], cwd=project)  # as a killed `dvc exp run` leaves it
         run(["git", "checkout", "params.yaml"], cwd=project)  # the old advice: restores nothing
         assert (project / "params.yaml").read_bytes() != committed
-        run(["git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock"], cwd=project)
+        run(["bash", "-c", README_RECOVERY], cwd=project)  # the README's line
         assert (project / "params.yaml").read_bytes() == committed
         status = run(["git", "status", "--porcelain", "--", "params.yaml", "dvc.lock"], cwd=project)
         assert status.stdout == ""

@@ -138,9 +138,14 @@ def test_train_writes_every_output(trained):
     assert run["status"] == "ok" and run["diverged_epoch"] is None
     assert run["epochs"] == run["epochs_run"] == 4 and 1 <= run["best_epoch"] <= 4
     assert run["data_source"] == "synthetic" and run["device"] == "cpu" and run["precision"] == "fp32"
-    # the timings: in DVCLive's folder, outside every DVC output
+    # the timings: beside DVCLive's metrics, outside every DVC output; DVCLive's metrics.json
+    # (an output) holds the last epoch's numbers and no timing
+    timings = json.loads((trained / "dvclive" / VARIANT / "timings.json").read_text())
+    assert timings["seconds_per_epoch"] > 0 and timings["images_per_second"] > 0
     live = json.loads((trained / "dvclive" / VARIANT / "metrics.json").read_text())
-    assert live["seconds_per_epoch"] > 0 and live["images_per_second"] > 0
+    last = pd.read_csv(out["history"]).iloc[-1]
+    assert live == {"train_loss": last["train_loss"], "train_acc": last["train_acc"], "val_loss": last["val_loss"],
+                    "val_acc": last["val_acc"], "lr": last["lr"], "step": 4}
 
     # models/V.pt: the best-validation weights, loadable without pickle, into the model its
     # resolved config describes; evaluated on test they give the metrics' test scores.
@@ -256,8 +261,12 @@ def test_probe_matches_direct_computation():
             want = [p.grad.abs().mean().item(), p.grad.norm().item(), p.grad.abs().max().item(), p.norm().item()]
             assert stats == pytest.approx(want, rel=1e-4), name
         acts = dict((r[0], r[2]) for r in rows)["input_conv_conv_0"]
+        # signal share: per channel, variance across the images over the second moment (the
+        # positions summed), averaged over channels
+        a = entry.detach().double().flatten(2)
+        share = (a.var(0, unbiased=False).sum(-1) / a.pow(2).mean(0).sum(-1)).mean().item()
         assert acts == pytest.approx([entry.mean().item(), entry.std().item(),
-                                      (entry <= 0).float().mean().item()], rel=1e-4)
+                                      (entry <= 0).float().mean().item(), share], rel=1e-4)
 
 
 # The names probed_parameters gives a small VGG_08 with biases (the order of the model).

@@ -1,0 +1,61 @@
+"""The forward signal share (gradflow/probe.py): on outputs and networks whose share is known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gradflow.probe import signal_share, signal_shares
+
+
+def plus_minus(n: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Images of +1 and -1, half each, at every position: mean 0 and variance 1 across images."""
+    x = torch.ones(n, *shape)
+    x[n // 2:] = -1
+    return x
+
+
+def test_an_output_the_same_for_every_image_has_share_zero():
+    out = torch.randn(1, 4, 3, 3).expand(50, 4, 3, 3)
+    assert signal_share(out) == 0.0
+    assert signal_share(torch.zeros(50, 10)) == 0.0  # dead: no signal, not 0/0
+
+
+def test_a_zero_mean_output_has_share_one_and_an_offset_lowers_it_exactly():
+    x = plus_minus(40, (2, 4, 4))
+    assert signal_share(x) == pytest.approx(1.0, rel=1e-12)
+    # + 3 everywhere: variance 1 over a second moment of 1 + 9
+    assert signal_share(x + 3) == pytest.approx(0.1, rel=1e-12)
+    # logits (images, classes): per class, then averaged: offsets 0 and 1 -> (1 + 1/2) / 2
+    logits = plus_minus(40, (2,)) + torch.tensor([0.0, 1.0])
+    assert signal_share(logits) == pytest.approx(0.75, rel=1e-12)
+
+
+class Affine(nn.Module):
+    """A 1x1 conv y = w x + b (one channel), then a linear layer of a constant: a network whose
+    shares are known exactly."""
+
+    def __init__(self, w: float, b: float):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.head = nn.Linear(16, 3)
+        with torch.no_grad():
+            self.conv.weight.fill_(w)
+            self.conv.bias.fill_(b)
+            self.head.weight.zero_()
+            self.head.bias.copy_(torch.tensor([1.0, 2.0, 3.0]))
+
+    def forward(self, x):
+        return self.head(self.conv(x).flatten(1))
+
+
+def test_a_network_of_known_shares_in_float64():
+    x = plus_minus(20, (1, 4, 4))
+    shares = signal_shares(Affine(2.0, 3.0), x, {"conv", "head"})
+    assert shares["conv"] == pytest.approx(4 / 13, rel=1e-12)  # variance 4 over 4 + 9
+    assert shares["head"] == 0.0                               # a constant: every image the same
+    # a signal 1e-15 of the output: float32 rounds 3 + 2e-15 to 3 (share 0), float64 keeps it
+    tiny = signal_shares(Affine(2e-15, 3.0), x, {"conv", "head"})["conv"]
+    assert tiny == pytest.approx(4e-30 / (4e-30 + 9), rel=1e-6)
+    assert signal_share((Affine(2e-15, 3.0).conv(x)).float()) == 0.0
