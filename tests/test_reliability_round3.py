@@ -160,6 +160,13 @@ def repro_project(tmp_path) -> Path:
     return project
 
 
+def default_sigint() -> None:
+    """Ctrl-C's default in the child: a shell's background job (`cmd &` without job control)
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so the
+    signal would do nothing (seen: .ci/run started with `&`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_repro(project: Path, signum: int) -> tuple[int, str, int]:
     """Start `dvc repro`, send `signum` to its process group (as Ctrl-C or `kill -- -PGID`
     does) in the train stage's second epoch; (dvc's exit code, its output, the epoch the
@@ -172,6 +179,7 @@ def interrupt_repro(project: Path, signum: int) -> tuple[int, str, int]:
            "PATH": f"{Path(DVC).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     ckpt = project / "models" / ".resume" / "VGG_08.pt"
     proc = subprocess.Popen([DVC, "repro", "train@VGG_08"], cwd=project, env=env, start_new_session=True,
+                            preexec_fn=default_sigint,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def send():
@@ -210,7 +218,7 @@ def test_an_interrupted_train_stage_exits_with_the_conventional_code(copy, signu
     stage("fetch", cwd=copy)
     env = {**os.environ, "PYTHONPATH": str(copy)}
     ckpt = copy / "models" / ".resume" / "VGG_08.pt"
-    proc = subprocess.Popen([PYTHON, "-m", "stages.train", "VGG_08"], cwd=copy, env=env,
+    proc = subprocess.Popen([PYTHON, "-m", "stages.train", "VGG_08"], cwd=copy, env=env, preexec_fn=default_sigint,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     held = kill_after_epoch(proc, ckpt, 1, 180, kill=lambda: (time.sleep(0.2), proc.send_signal(signum)))
     err = proc.stderr.read()
