@@ -59,3 +59,28 @@ def test_a_network_of_known_shares_in_float64():
     tiny = signal_shares(Affine(2e-15, 3.0), x, {"conv", "head"})["conv"]
     assert tiny == pytest.approx(4e-30 / (4e-30 + 9), rel=1e-6)
     assert signal_share((Affine(2e-15, 3.0).conv(x)).float()) == 0.0
+
+
+def test_results_md_sets_each_control_beside_the_plain_variant_of_its_depth():
+    """results.md's controls (plain design, other init or optimizer) are compared with the plain
+    variant of their depth, from the run's metrics; fixes and the plain variant get no line."""
+    from gradflow.params import Variant
+    from gradflow.report import controls_story
+
+    def run(verdict, ratio_init, ratio_final, share_init, share_final):
+        return {"metrics": {"verdict": verdict, "log10_grad_ratio_init": ratio_init,
+                            "log10_grad_ratio_final": ratio_final, "signal_share_init": share_init,
+                            "signal_share_final": share_final}}
+    variants = {"VGG_38": Variant(depth=38), "VGG_38_BN": Variant(depth=38, batch_norm=True),
+                "VGG_38_EPS": Variant(depth=38, adam_eps=1e-20), "VGG_08_HE": Variant(depth=8, init="kaiming")}
+    runs = {"VGG_38": run("stuck at chance", -13.5, -14.0, 6e-29, 1e-30),
+            "VGG_38_BN": run("learns", 2.0, 0.7, 0.5, 0.8),
+            "VGG_38_EPS": run("stuck at chance", -13.5, 0.1, 6e-29, 2e-22),
+            "VGG_08_HE": run("learns", -1.0, 0.0, 1e-3, 0.6)}  # no plain VGG_08 in this run
+    lines = controls_story(runs, variants)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("- VGG_38_EPS (adam_eps 1e-20): grad ratio at init 3.2e-14, at the end 1.3e+00 "
+                               "(VGG_38: 3.2e-14, 1.0e-14)")
+    assert "share at init 6e-29, at the end 2e-22 (VGG_38: 6e-29, 1e-30); verdict: stuck at chance." in lines[0]
+    assert lines[0].endswith("ratio was 1e+14 times VGG_38's, and it did not learn: its logits stayed "
+                             "nearly the same for every image (share 2e-22).")
