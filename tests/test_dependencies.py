@@ -163,6 +163,9 @@ def repro(project: Path, audit: Path | None = None):
     return run([DVC, "repro"], cwd=project, extra_env=env)
 
 
+pytestmark = pytest.mark.xdist_group('dependencies')  # its module fixture runs once, on one worker
+
+
 @pytest.fixture(scope="module")
 def twice(tmp_path_factory):
     """The same tiny pipeline run in two separate clones, the first under the audit hook."""

@@ -41,6 +41,9 @@ SMALL = {
 }
 
 
+pytestmark = pytest.mark.xdist_group('plots')  # its module fixture runs once, on one worker
+
+
 @pytest.fixture(scope="module")
 def plotted(tmp_path_factory) -> Path:
     project = copy_project(tmp_path_factory.mktemp("plots") / "project")
