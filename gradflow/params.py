@@ -39,12 +39,17 @@ def _check(minimum=None, maximum=None, *, exclusive_min=False):
 
 
 @dataclass(frozen=True)
-class DataParams:
+class DataLimits:
+    """The `data` settings that training reads: how much of the dataset file a run uses."""
+    train_limit: Optional[int] = field(default=None, metadata=_check(1))  # first N train images
+    eval_limit: Optional[int] = field(default=None, metadata=_check(1))  # first N val/test images
+
+
+@dataclass(frozen=True)
+class DataParams(DataLimits):
     source: Literal["cifar100", "synthetic"] = "cifar100"
     seed: int = field(default=0, metadata=_check(0))  # train/validation split and synthetic data
     val_size: int = field(default=2500, metadata=_check(1))
-    train_limit: Optional[int] = field(default=None, metadata=_check(1))  # first N train images
-    eval_limit: Optional[int] = field(default=None, metadata=_check(1))  # first N val/test images
     synthetic_train_size: int = field(default=50000, metadata=_check(2))  # before the split
     synthetic_test_size: int = field(default=10000, metadata=_check(1))
 
@@ -78,9 +83,9 @@ class TrainParams:
     mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
     std: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
     eval_batch_size: int = field(default=100, metadata=_check(1))
-    # auto: bf16 autocast on CUDA, fp32 elsewhere. bf16 on a CPU with native bf16 (AVX512-BF16,
-    # AMX) is ~1.9x faster for VGG_38; on one without it can be slower, so only `bf16` picks it.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # auto: bf16 autocast on CUDA, fp32 elsewhere. fast: also bf16 on a CPU with native bf16
+    # (AVX512-BF16, AMX: ~1.9x faster for VGG_38), fp32 on one without (there bf16 is ~10x slower).
+    precision: Literal["auto", "fast", "fp32", "bf16"] = "auto"
     # false: eager; true: torch.compile; "reduce-overhead": compile with CUDA graphs; "graph": the
     # whole step as one CUDA graph; auto: eager until measured on a GPU (gradflow/fastpath.py)
     compile: Literal["auto", True, False, "reduce-overhead", "graph"] = False
@@ -125,13 +130,6 @@ class GradientsParams(CaptureParams):
 
 
 @dataclass(frozen=True)
-class DataLimits:
-    """The `data` settings that training reads: how much of the dataset file a run uses."""
-    train_limit: Optional[int] = field(default=None, metadata=_check(1))
-    eval_limit: Optional[int] = field(default=None, metadata=_check(1))
-
-
-@dataclass(frozen=True)
 class SweepParams:
     # [] runs no sweep (the quick start)
     depths: tuple[int, ...] = field(default=(8, 14, 20, 26, 32, 38, 50, 74, 98), metadata={"may_be_empty": True})
@@ -149,6 +147,13 @@ SWEEP_FIXES = {
     "dense": {"dense": True},
     "dsn": {"deep_supervision": True},
 }
+
+
+def sweep_fix(fix: str) -> dict:
+    """The variant switches of a sweep fix; an unknown one is a ParamsError."""
+    if fix not in SWEEP_FIXES:
+        raise ParamsError(f"sweep.fixes: unknown fix {fix!r} (known: {', '.join(SWEEP_FIXES)})")
+    return SWEEP_FIXES[fix]
 
 
 @dataclass(frozen=True)
@@ -169,10 +174,9 @@ class Params:
     def sweep_run(self, depth: int, fix: str) -> "RunConfig":
         """A depth-sweep point: the plain design at `depth` with the fix's switches on, trained
         for sweep.epochs with the shared settings."""
-        if fix not in SWEEP_FIXES:
-            raise ParamsError(f"sweep.fixes: unknown fix {fix!r} (known: {', '.join(SWEEP_FIXES)})")
+        switches = sweep_fix(fix)
         depth_error(depth, self.model.stages, "sweep.depths")
-        run = RunConfig.build(f"{depth}-{fix}", Variant(depth=depth, **SWEEP_FIXES[fix]), self)
+        run = RunConfig.build(f"{depth}-{fix}", Variant(depth=depth, **switches), self)
         return dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=self.sweep.epochs))
 
     def runs(self) -> dict[str, "RunConfig"]:
@@ -204,9 +208,7 @@ class RunConfig:
         overrides = {k: getattr(variant, k) for k in TRAIN_OVERRIDES
                      if getattr(variant, k) is not None}
         train = dataclasses.replace(params.train, **overrides)
-        data = DataLimits(params.data.train_limit, params.data.eval_limit)
-        capture = CaptureParams(**{f.name: getattr(params.gradients, f.name)
-                                   for f in dataclasses.fields(CaptureParams)})
+        data, capture = _part(DataLimits, params.data), _part(CaptureParams, params.gradients)
         return cls(name, variant, params.model, train, data, capture)
 
     def to_dict(self) -> dict:
@@ -218,6 +220,11 @@ class RunConfig:
     def snapshot_epochs(self) -> list[int]:
         last = self.train.epochs
         return sorted({last if e == "last" else e for e in self.gradients.epochs})
+
+
+def _part(cls, params):
+    """The fields of `params` that its base class `cls` holds: what one run reads of a section."""
+    return cls(**{f.name: getattr(params, f.name) for f in dataclasses.fields(cls)})
 
 
 # --- the typed loader ---------------------------------------------------------------------
@@ -339,8 +346,7 @@ def _validate(p: Params) -> None:
     for d in p.sweep.depths:
         depth_error(d, p.model.stages, "sweep.depths")
     for fix in p.sweep.fixes:
-        if fix not in SWEEP_FIXES:
-            raise ParamsError(f"sweep.fixes: unknown fix {fix!r} (known: {', '.join(SWEEP_FIXES)})")
+        sweep_fix(fix)
     for e in p.gradients.epochs:
         if e != "last" and not 0 <= e <= p.train.epochs:
             raise ParamsError(f"gradients.epochs: {e} is outside 0..train.epochs ({p.train.epochs})")

@@ -189,6 +189,7 @@ def test_project_params_parse_and_match_the_defaults():
     assert params.train == type(params.train)()  # params.yaml spells out the dataclass defaults
     assert params.model == type(params.model)()
     assert params.data == type(params.data)()
+    assert params.gradients == type(params.gradients)() and params.sweep == type(params.sweep)()
     assert params.variants["VGG_38"].depth == 38 and params.variants["VGG_38_BN_RC"].residual
 
 
