@@ -76,7 +76,8 @@ from gradflow.capture import GradientCapture  # noqa: E402
 from gradflow.data import Dataset, Split, synthetic  # noqa: E402
 from gradflow.files import write_json  # noqa: E402
 from gradflow.model import VGG, probed_parameters  # noqa: E402
-from gradflow.training import capture_every, fit, pick_device  # noqa: E402
+from gradflow.device import pick_device  # noqa: E402
+from gradflow.training import capture_every, fit  # noqa: E402
 
 MODELS = ("VGG_08", "VGG_38", "VGG_38_BN_RC")
 GOALS = {"VGG_08": 2.5, "VGG_38": 1.8}  # CPU: ours / reference at least this

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from gradflow.errors import DataError
@@ -156,6 +157,16 @@ def require_writable(directories) -> None:
                     pass  # atomic_write falls back to a temporary beside the target
         except OSError as e:
             raise DataError(os_error_line(e, directory, folder=directory)) from None
+
+
+@contextmanager
+def writing(path: Path | str):
+    """Turn a failed removal or rename (a read-only folder, a full disk) into a DataError: one
+    line naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        raise DataError(os_error_line(e, path)) from None
 
 
 def set_aside(path: Path | str, suffix: str = ".corrupt") -> Path:

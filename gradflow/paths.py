@@ -43,8 +43,15 @@ def workdir(variant: str) -> Path:
     return MODELS / variant              # weight snapshots (the resume state: RESUME, below)
 
 
+SNAPSHOT_GLOB = "epoch_*.pt"  # the weight snapshots in a variant's workdir
+
+
+def snapshot_name(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.pt"
+
+
 def snapshot(variant: str, epoch: int) -> Path:
-    return workdir(variant) / f"epoch_{epoch:03d}.pt"
+    return workdir(variant) / snapshot_name(epoch)
 
 
 RESUME = MODELS / ".resume"              # resume checkpoints: outside every DVC output

@@ -17,22 +17,21 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gradflow import fastpath
-from gradflow.loss import aux_weight_at, loss_fn  # noqa: F401  (loss_fn: the probe uses it too)
-from gradflow.device import autocast, pick_device, uses_bf16  # noqa: F401  (pick_device: re-exported)
+from gradflow import fastpath, paths
+from gradflow.loss import aux_weight_at
+from gradflow.device import autocast, pick_device, uses_bf16
 from gradflow.cli import Interrupted, signal_number
 from gradflow.capture import GradientCapture, first_last_conv_ratio
 from gradflow.data import Augment, Dataset, Split
 from gradflow.errors import DataError
-from gradflow.files import os_error_line, require_keys, require_writable, torch_load, torch_save
+from gradflow.files import require_keys, require_writable, torch_load, torch_save, writing
 from gradflow.files import set_aside as set_aside_file
 from gradflow.model import VGG, probed_parameters
 from gradflow.params import RunConfig, device_error
@@ -72,15 +71,36 @@ def init_distributed(cfg: RunConfig, device: torch.device) -> Dist:
 
 
 @dataclass
+class ResumeState:
+    """What resuming after `epoch` needs (models/.resume/<variant>.pt); its fields are the
+    checkpoint's keys, and everything in it loads with weights_only=True."""
+    epoch: int
+    model: dict
+    optimizer: dict
+    scheduler: dict
+    rng: torch.Tensor
+    train_seconds: float
+    history: list
+    best_epoch: int
+    best_state: dict | None
+    capture_rows: list
+    snapshots: dict  # epoch -> weights: the snapshots so far, to rewrite them from
+
+
+def cpu_weights(model: torch.nn.Module) -> dict:
+    """A copy of the model's weights on the CPU (a snapshot, the best-validation weights)."""
+    return {k: x.detach().to("cpu", copy=True) for k, x in model.state_dict().items()}
+
+
+@dataclass
 class Checkpoint:
-    """What resuming needs; everything in it loads with weights_only=True."""
+    """The resume checkpoint: a ResumeState and the fingerprint of the run it belongs to."""
     path: Path | None
     fingerprint: dict  # config + data identity; a checkpoint for other params is not resumed
 
-    KEYS = ("fingerprint", "epoch", "model", "optimizer", "scheduler", "rng", "train_seconds",
-            "history", "best_epoch", "best_state", "capture_rows", "snapshots")
+    KEYS = ("fingerprint", *(f.name for f in fields(ResumeState)))
 
-    def load(self, set_aside: bool = True) -> dict | None:
+    def load(self, set_aside: bool = True) -> ResumeState | None:
         """The saved state, or None: no checkpoint, one for other params or data (ignored), or
         one that cannot be read (truncated, damaged, empty, foreign). That one is renamed to
         `<file>.corrupt` (by rank 0: `set_aside`) so the next run does not trip on it."""
@@ -99,24 +119,12 @@ class Checkpoint:
             print(f"train: {self.path} was made with other params or data; not resuming it",
                   file=sys.stderr)
             return None
-        return state
+        return ResumeState(**{f.name: state[f.name] for f in fields(ResumeState)})
 
-    def save(self, state: dict) -> None:
-        if self.path is not None:
-            save(self.path, {"fingerprint": self.fingerprint, **state})
-
-
-@contextmanager
-def writing(path: Path):
-    """Turn a failed removal or rename (a read-only folder) into a DataError: one line."""
-    try:
-        yield
-    except OSError as e:
-        raise DataError(os_error_line(e, path)) from None
-
-
-def save(path: Path, obj) -> None:
-    torch_save(path, obj)  # a failed write is a DataError already (gradflow.files)
+    def save(self, state: ResumeState) -> None:
+        if self.path is not None:  # a failed write is a DataError already (gradflow.files)
+            torch_save(self.path, {"fingerprint": self.fingerprint,
+                                   **{f.name: getattr(state, f.name) for f in fields(ResumeState)}})
 
 
 @dataclass
@@ -215,9 +223,8 @@ def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None, checkp
     resume checkpoint after every epoch there. `on_epoch(history)` is called after each epoch
     (rank 0). `stop_after` ends the run after that many epochs of its schedule (the
     calibration: the first 3 of the coursework's 100). The steps below, in the order they run:
-    build, restore, then one epoch and its end until the last epoch or a divergence, then finish."""
+    build (and restore), then one epoch and its end until the last epoch or a divergence, then finish."""
     run = Training.build(cfg, dataset, workdir, progress, checkpoint)
-    run.restore()
     epoch = run.start_epoch
     try:
         for epoch in range(run.start_epoch + 1, min(cfg.train.epochs, stop_after or cfg.train.epochs) + 1):
@@ -239,9 +246,15 @@ class EpochTotals:
     started: float
 
 
+def save_snapshot(workdir: Path, epoch: int, weights: dict) -> None:
+    """models/V/epoch_XXX.pt: the weights the gradients stage probes at that epoch."""
+    torch_save(workdir / paths.snapshot_name(epoch), {"epoch": epoch, "model": weights})
+
+
 @dataclass
 class Training:
-    """One run while it trains: fit() calls build, restore, one_epoch / end_of_epoch, finish."""
+    """One run while it trains, whole from the moment `build` makes it (restored from its
+    checkpoint, or started over); fit() then calls one_epoch / end_of_epoch and finish."""
     cfg: RunConfig
     dataset: Dataset
     workdir: Path | None
@@ -250,6 +263,8 @@ class Training:
     dist: Dist
     channels_last: bool
     model: torch.nn.Module
+    step_model: torch.nn.Module  # the model as the steps call it (DDP under torchrun)
+    train_step: fastpath.TrainStep  # zero_grad, forward, loss, backward
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     train_x: torch.Tensor
@@ -257,18 +272,16 @@ class Training:
     val: Split
     augment: Augment
     grad_capture: GradientCapture
-    snapshots: set[int]
+    snapshots: set[int]  # the epochs whose weights are saved for the gradients stage
     ckpt: Checkpoint
     result: Result
-    step_model: torch.nn.Module | None = None  # the model as the steps call it (DDP)
-    train_step: "fastpath.TrainStep | None" = None  # zero_grad, forward, loss, backward
-    start_epoch: int = 0
-    train_seconds: float = 0.0
-    best_acc: float = -1.0
-    snapshot_states: dict = field(default_factory=dict)  # epoch -> weights, for the checkpoint
-    saved_epoch: int = 0  # the epoch the resume checkpoint holds
+    start_epoch: int  # the epoch the run continues after (0: a fresh start)
+    train_seconds: float
+    best_acc: float
+    snapshot_states: dict  # epoch -> weights, for the checkpoint
+    saved_epoch: int  # the epoch the resume checkpoint holds
 
-    # --- 1. build: device, model, optimizer, the data on the device -------------------------
+    # --- 1. build: device, model, optimizer, the data on the device; 2. restore -------------
 
     @classmethod
     def build(cls, cfg: RunConfig, dataset: Dataset, workdir: Path | None, progress: str,
@@ -302,7 +315,6 @@ class Training:
 
         train_x, train_y = dataset.train.images.to(device), dataset.train.labels.to(device)
         val = Split(dataset.val.images.to(device), dataset.val.labels.to(device))
-        augment = Augment(t.mean, t.std, t.crop_padding, t.flip, device)
         steps_per_epoch = -(-len(train_y) // t.batch_size)
         grad_capture = GradientCapture([nm for nm, _ in probed], [p for _, p in probed],
                                        capture_every(cfg, steps_per_epoch), steps_per_epoch)
@@ -312,47 +324,47 @@ class Training:
         result = Result([], [], [nm for nm, _ in probed], None, 0,
                         num_params=sum(p.numel() for p in model.parameters()), device=str(device),
                         n_train=len(train_y), n_val=len(val))
-        return cls(cfg, dataset, workdir, progress, device, dist, channels_last, model, optimizer,
-                   scheduler, train_x, train_y, val, augment, grad_capture,
-                   set(cfg.snapshot_epochs()), ckpt, result)
 
-    # --- 2. restore: resume from the checkpoint, or start over ------------------------------
-
-    def restore(self) -> None:
-        """Continue after the checkpoint's epoch if it belongs to this run; else start over
-        (removing an earlier run's snapshots) and save the initial weights as epoch 0. Then wrap
-        the model for the steps: DDP broadcasts rank 0's weights as it wraps."""
-        writes = self.workdir is not None and self.dist.main
+        # 2. Continue after the checkpoint's epoch if it belongs to this run; else start over
+        # and save the initial weights as epoch 0 (an earlier run's other snapshots go in finish).
+        snapshots = set(cfg.snapshot_epochs())
+        writes = workdir is not None and dist.main
         if writes:
-            require_writable([self.workdir] + ([self.ckpt.path.parent] if self.ckpt.path is not None else []))
-        state = self.ckpt.load(set_aside=self.dist.main)
+            require_writable([workdir] + ([ckpt.path.parent] if ckpt.path is not None else []))
+        state = ckpt.load(set_aside=dist.main)
+        snapshot_states = {}
         if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"])
-            self.start_epoch, self.train_seconds = state["epoch"], state["train_seconds"]
-            self.saved_epoch = self.start_epoch
-            self.result.history, self.result.best_epoch = state["history"], state["best_epoch"]
-            self.result.best_state = state["best_state"]
-            self.grad_capture.rows = [tuple(r) for r in state["capture_rows"]]
-            self.snapshot_states = state["snapshots"]
+            model.load_state_dict(state.model)
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
+            torch.set_rng_state(state.rng)
+            result.history, result.best_epoch, result.best_state = state.history, state.best_epoch, state.best_state
+            grad_capture.rows = [tuple(r) for r in state.capture_rows]
+            snapshot_states = state.snapshots
             if writes:  # the snapshots so far: DVC may have removed them with the output folder
-                for epoch, weights in self.snapshot_states.items():
-                    save(self.workdir / f"epoch_{epoch:03d}.pt", {"epoch": epoch, "model": weights})
-            print(f"train: {self.cfg.name}: resuming after epoch {self.start_epoch} from {self.ckpt.path}",
-                  file=sys.stderr)
-        if writes and 0 in self.snapshots and self.start_epoch == 0:
-            self._snapshot(0)
-        self.best_acc = max((h["val_acc"] for h in self.result.history), default=-1.0)
+                for epoch, weights in snapshot_states.items():
+                    save_snapshot(workdir, epoch, weights)
+            print(f"train: {cfg.name}: resuming after epoch {state.epoch} from {ckpt.path}", file=sys.stderr)
+        elif writes and 0 in snapshots:
+            snapshot_states[0] = cpu_weights(model)
+            save_snapshot(workdir, 0, snapshot_states[0])
 
-        self.step_model = self.model
-        if self.dist.world > 1:
-            self.step_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.train_step = fastpath.TrainStep(
-            self.step_model, self.optimizer, self.device, self.cfg.train.precision,
-            mode=fastpath.resolve(self.cfg.train.compile, self.device, self.dist.world))
+        # Wrapped for the steps only now: DDP broadcasts rank 0's (restored) weights as it wraps.
+        step_model = model
+        if dist.world > 1:
+            step_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_step = fastpath.TrainStep(step_model, optimizer, device, t.precision,
+                                        mode=fastpath.resolve(t.compile, device, dist.world))
+        start = state.epoch if state is not None else 0
+        return cls(cfg=cfg, dataset=dataset, workdir=workdir, progress=progress, device=device, dist=dist,
+                   channels_last=channels_last, model=model, step_model=step_model, train_step=train_step,
+                   optimizer=optimizer, scheduler=scheduler, train_x=train_x, train_y=train_y, val=val,
+                   augment=Augment(t.mean, t.std, t.crop_padding, t.flip, device), grad_capture=grad_capture,
+                   snapshots=snapshots, ckpt=ckpt, result=result, start_epoch=start,
+                   train_seconds=state.train_seconds if state is not None else 0.0,
+                   best_acc=max((h["val_acc"] for h in result.history), default=-1.0),
+                   snapshot_states=snapshot_states, saved_epoch=start)
 
     # --- 3. one epoch: augment the training set, take the optimizer steps -------------------
 
@@ -419,7 +431,7 @@ class Training:
                                "epoch_seconds": time.perf_counter() - totals.started})
         if v["acc"] > self.best_acc:
             self.best_acc, result.best_epoch = v["acc"], epoch
-            result.best_state = {k: x.detach().to("cpu", copy=True) for k, x in self.model.state_dict().items()}
+            result.best_state = cpu_weights(self.model)
         if self.dist.main:
             print(f"train: {self.progress}{name} epoch {epoch}/{t.epochs}: loss {totals.train_loss:.4f} "
                   f"acc {totals.train_acc:.4f} | val loss {v['loss']:.4f} acc {v['acc']:.4f} | "
@@ -431,12 +443,12 @@ class Training:
         if self.workdir and self.dist.main:
             if epoch in self.snapshots:
                 self._snapshot(epoch)
-            self.ckpt.save({"epoch": epoch, "model": self.model.state_dict(),
-                            "optimizer": self.optimizer.state_dict(),
-                            "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state(),
-                            "train_seconds": self.train_seconds, "history": result.history,
-                            "best_epoch": result.best_epoch, "best_state": result.best_state,
-                            "capture_rows": self.grad_capture.rows, "snapshots": self.snapshot_states})
+            self.ckpt.save(ResumeState(
+                epoch=epoch, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(), rng=torch.get_rng_state(),
+                train_seconds=self.train_seconds, history=result.history, best_epoch=result.best_epoch,
+                best_state=result.best_state, capture_rows=self.grad_capture.rows,
+                snapshots=self.snapshot_states))
             self.saved_epoch = epoch
         return True
 
@@ -455,9 +467,8 @@ class Training:
 
     def _snapshot(self, epoch: int) -> None:
         """models/V/epoch_XXX.pt, and a copy in the resume state to rewrite it from."""
-        weights = {k: x.detach().to("cpu", copy=True) for k, x in self.model.state_dict().items()}
-        self.snapshot_states[epoch] = weights
-        save(self.workdir / f"epoch_{epoch:03d}.pt", {"epoch": epoch, "model": weights})
+        self.snapshot_states[epoch] = cpu_weights(self.model)
+        save_snapshot(self.workdir, epoch, self.snapshot_states[epoch])
 
     def _stop_diverged(self, epoch: int, train_loss: float) -> bool:
         self.result.status, self.result.diverged_epoch = "diverged", epoch
@@ -472,8 +483,8 @@ class Training:
         if self.workdir and self.dist.main:
             # Snapshots of an earlier run with other params that this one did not rewrite. Only
             # now: removed at the start, a failed write (a full disk) would have lost them all.
-            keep = {f"epoch_{epoch:03d}.pt" for epoch in self.snapshot_states}
-            for stale in sorted(self.workdir.glob("epoch_*.pt")):
+            keep = {paths.snapshot_name(epoch) for epoch in self.snapshot_states}
+            for stale in sorted(self.workdir.glob(paths.SNAPSHOT_GLOB)):
                 if stale.name not in keep:
                     with writing(stale):
                         stale.unlink()

@@ -33,7 +33,7 @@ from gradflow.capture import grad_stats
 from gradflow.data import Augment, StandIn, synthetic
 from gradflow.model import VGG, probed_parameters
 from gradflow.params import SWEEP_FIXES, ModelParams, Variant
-from gradflow.training import loss_fn
+from gradflow.loss import loss_fn
 
 CHANCE = math.log(100)
 FIXES = [f for f in SWEEP_FIXES if f != "none"]  # bn, rc, bn_rc, he, dense, dsn

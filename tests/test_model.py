@@ -12,7 +12,7 @@ from torch import nn
 
 from gradflow.model import VGG, count_layers, layer_name, probed_parameters
 from gradflow.params import ModelParams, ParamsError, Variant
-from gradflow.training import loss_fn
+from gradflow.loss import loss_fn
 
 WIDTH = 32
 

@@ -28,7 +28,8 @@ from gradflow.probe import probe
 from gradflow.model import VGG, depth_positions, probed_parameters
 from gradflow.params import ModelParams, Variant, parse
 from gradflow.verdict import VERDICTS
-from gradflow.training import evaluate, loss_fn
+from gradflow.loss import loss_fn
+from gradflow.training import evaluate
 
 VARIANT = "VGG_08"
 DIVERGE = "VGG_08_DIVERGE"
