@@ -22,7 +22,7 @@ from gradflow.capture import grad_stats
 from gradflow.data import Augment, synthetic
 from gradflow.model import VGG, probed_parameters
 from gradflow.params import ModelParams, Variant
-from gradflow.training import loss_fn
+from gradflow.loss import loss_fn
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -69,6 +69,22 @@ def test_resolve_maps_train_compile_to_a_mode():
 
 
 # --- bf16 autocast on the CPU -------------------------------------------------------------
+
+def test_fast_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    """train.precision: fast (the quick start's) is bf16 on CUDA and on a CPU with AVX512-BF16 or
+    AMX, fp32 on other CPUs, where oneDNN emulates bf16 ~10x slower; auto stays fp32 on any CPU."""
+    from gradflow import device as D
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(D, "native_cpu_bf16", lambda: False)
+    assert not D.uses_bf16(cpu, "fast") and D.uses_bf16(cuda, "fast") and D.uses_bf16(cuda, "auto")
+    monkeypatch.setattr(D, "native_cpu_bf16", lambda: True)
+    assert D.uses_bf16(cpu, "fast") and not D.uses_bf16(cpu, "auto")
+    assert D.uses_bf16(cpu, "bf16") and not D.uses_bf16(cuda, "fp32")
+    monkeypatch.undo()
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else None
+    if flags is not None:  # Linux: torch's answer is the kernel's CPU flags
+        assert D.native_cpu_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
 
 def test_bf16_autocast_trains_and_keeps_fp32_parameters_and_gradients():
     x, y = batch(20, size=16)
