@@ -9,7 +9,7 @@ it reads each training run's own training time (`seconds_per_epoch` x epochs, wh
 stage logs with DVCLive in dvclive/<variant>/timings.json) and reports the share of the wall
 time after the install that went into training steps (the goal of issue 21: at least 65%).
 Writes benchmarks/quickstart.md (the table the command printed is in it too) and copies the
-run's Figure 1, Figure 2 and results.md to plots/quickstart/, the copy the README shows.
+run's Figure 1, Figure 2, the signal-flow figure and results.md to plots/quickstart/, the copy the README shows.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> int:
         rest_s, printed = timed(ACTIVATE.strip(" &") + " && " + rest, clone)
         keep = ROOT / "plots" / "quickstart"  # the committed copy the README shows
         keep.mkdir(parents=True, exist_ok=True)
-        for name in ("training_curves.png", "gradient_flow.png", "results.md"):
+        for name in ("training_curves.png", "gradient_flow.png", "signal_flow.png", "results.md"):
             shutil.copy(clone / "plots" / name, keep / name)
         train = {}
         for path in sorted((clone / "dvclive").glob("*/timings.json")):
