@@ -78,6 +78,7 @@ from gradflow.files import write_json  # noqa: E402
 from gradflow.model import VGG, probed_parameters  # noqa: E402
 from gradflow.device import pick_device  # noqa: E402
 from gradflow.training import capture_every, fit  # noqa: E402
+from benchmarks.tiny import copy_files, write_params  # noqa: E402
 
 MODELS = ("VGG_08", "VGG_38", "VGG_38_BN_RC")
 GOALS = {"VGG_08": 2.5, "VGG_38": 1.8}  # CPU: ours / reference at least this
@@ -405,41 +406,12 @@ def forward_flops(cfg: P.RunConfig) -> int:
 
 # --- dvc ----------------------------------------------------------------------------------
 
-# A throwaway copy of the project with tiny synthetic params, as tests/conftest.py makes one;
-# copied here so the benchmark runs from the main install, which has no pytest.
 DVC = str(Path(sys.executable).with_name("dvc"))
-PROJECT_FILES = ["stages", "gradflow", "reference", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore",
-                 ".dvc/config", ".dvc/.gitignore", ".dvc/plots", ".gitignore"]
-TINY = {
-    "data": {"source": "synthetic", "synthetic_train_size": 600, "synthetic_test_size": 200,
-             "val_size": 200},
-    "train": {"epochs": 1, "eval_batch_size": 500, "device": "cpu"},
-    "variants": {"VGG_08": {"depth": 8}, "VGG_38": {"depth": 38}},
-    "gradients": {"probe_size": 50},
-    "sweep": {"depths": [8, 14], "fixes": ["none", "bn_rc"], "epochs": 1},
-}
 
 
 def tiny_project(dst: Path, overrides: dict) -> Path:
-    """Copy the project to dst and write params.yaml: params.yaml's, then TINY, then overrides
-    (section by section; `variants` replaced whole); then make it a git repo with one commit."""
-    import shutil
-
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for layer in (TINY, overrides):
-        for section, values in layer.items():
-            if isinstance(values, dict) and section != "variants" and isinstance(params.get(section), dict):
-                params[section].update(values)
-            else:
-                params[section] = values
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    """The tiny project of the tests (benchmarks/tiny.py) with overrides, as a git repo with one commit."""
+    write_params(copy_files(dst), overrides)
     for cmd in (["init", "-q"], ["-c", "user.email=bench@example.com", "-c", "user.name=bench", "add", "-A"],
                 ["-c", "user.email=bench@example.com", "-c", "user.name=bench", "commit", "-qm", "init"]):
         subprocess.run(["git", *cmd], cwd=dst, check=True, capture_output=True)

@@ -4,6 +4,7 @@ the shell's exit code for it, 128 + the signal's number (130, 143). Never a trac
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import threading
@@ -53,3 +54,13 @@ def cli(main):
             raise SystemExit(128 + signum) from None
 
     return wrapped
+
+
+def variant_parser(stage: str, doc: str) -> argparse.ArgumentParser:
+    """The arguments of a per-variant stage (train@, gradients@): the variant and its resolved
+    config, as dvc.yaml passes them."""
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}", description=doc.splitlines()[0])
+    parser.add_argument("variant", help="a name under `variants` in params.yaml")
+    parser.add_argument("--config", help="the variant's resolved config, written by the check stage "
+                        "(dvc.yaml passes data/config/<variant>.json); default: resolve params.yaml")
+    return parser

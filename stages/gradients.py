@@ -17,12 +17,11 @@ the logits' signal share at initialisation and at the last snapshot.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from gradflow import params as P
 from gradflow import paths
-from gradflow.cli import cli
+from gradflow.cli import cli, variant_parser
 from gradflow.data import load_dataset
 from gradflow.device import pick_device
 from gradflow.files import require_writable, write_csv, write_json
@@ -31,10 +30,7 @@ from gradflow.probe import PROBE_COLUMNS, logits_signal_share, probe_run
 
 @cli
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.gradients", description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="a name under `variants` in params.yaml")
-    parser.add_argument("--config", help="the variant's resolved config, written by the check stage "
-                        "(dvc.yaml passes data/config/<variant>.json); default: resolve params.yaml")
+    parser = variant_parser("gradients", __doc__)
     parser.add_argument("--probe-size", type=int, help="probe images (dvc.yaml passes "
                         "gradients.probe_size); default: params.yaml's")
     args = parser.parse_args(argv)

@@ -20,14 +20,13 @@ Outputs, for variant V:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from gradflow import params as P
 from gradflow import paths
 from gradflow.capture import COLUMNS
-from gradflow.cli import cli
+from gradflow.cli import cli, variant_parser
 from gradflow.data import load_dataset
 from gradflow.files import require_writable, torch_save, write_csv, write_json
 from gradflow.live import LiveLog
@@ -63,10 +62,7 @@ def relaunch_under_torchrun(variant: str, config: str | None) -> None:
 
 @cli
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="a name under `variants` in params.yaml")
-    parser.add_argument("--config", help="the variant's resolved config, written by the check stage "
-                        "(dvc.yaml passes data/config/<variant>.json); default: resolve params.yaml")
+    parser = variant_parser("train", __doc__)
     args = parser.parse_args(argv)
     stamp = P.checked_stamp()  # params.yaml as the check saw it: compared before writing outputs
     cfg = P.load_resolved(args.config) if args.config else P.load().run(args.variant)

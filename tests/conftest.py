@@ -6,7 +6,6 @@ themselves in the official pickle format.
 
 from __future__ import annotations
 
-import copy
 import functools
 import os
 import shutil
@@ -15,42 +14,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gradflow.paths import PLOTS_PAGE
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# The tiny project (TINY params, the copy, params.yaml's merge) is shared with benchmarks/throughput.py.
+from benchmarks.tiny import TINY, copy_files, default_params, merged, write_params  # noqa: E402,F401
+
 PYTHON = sys.executable
 DVC = str(Path(sys.executable).with_name("dvc"))
-
-# Seconds, not minutes, on 2 CPU cores: a few hundred images, one epoch.
-TINY = {
-    "data": {"source": "synthetic", "synthetic_train_size": 600, "synthetic_test_size": 200,
-             "val_size": 200},
-    "train": {"epochs": 1, "eval_batch_size": 500, "device": "cpu"},
-    "variants": {"VGG_08": {"depth": 8}, "VGG_38": {"depth": 38}},
-    "gradients": {"probe_size": 50},
-    "sweep": {"depths": [8, 14], "fixes": ["none", "bn_rc"], "epochs": 1},
-}
-
-# What a copy of the project needs (the files git would check out).
-PROJECT_FILES = ["stages", "gradflow", "reference", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore",
-                 ".dvc/config", ".dvc/.gitignore", ".dvc/plots", ".gitignore"]
-
-
-def default_params() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
-
-
-def merged(base: dict, overrides: dict) -> dict:
-    """base with overrides applied section by section; `variants` is replaced whole."""
-    out = copy.deepcopy(base)
-    for section, values in overrides.items():
-        if isinstance(values, dict) and section != "variants" and isinstance(out.get(section), dict):
-            out[section].update(copy.deepcopy(values))
-        else:
-            out[section] = copy.deepcopy(values)
-    return out
 
 
 def setting(path: str, value):
@@ -65,12 +39,6 @@ def setting(path: str, value):
     return edit
 
 
-def write_params(project: Path, overrides: dict | None = None, base: dict | None = None) -> dict:
-    params = merged(base if base is not None else merged(default_params(), TINY), overrides or {})
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return params
-
-
 @functools.cache
 def offline_page() -> Path:
     """The offline `dvc plots` page (gradflow/vega.py), built once per session in the checkout
@@ -81,16 +49,10 @@ def offline_page() -> Path:
 
 
 def copy_project(dst: Path) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
+    """The project's files in dst (benchmarks/tiny.py), with the offline plots page."""
+    copy_files(dst)
     (dst / PLOTS_PAGE).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(offline_page(), dst / PLOTS_PAGE)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / name)
     return dst
 
 
