@@ -62,7 +62,7 @@ The model (the infinite-width / random-weight limit of a CNN, e.g. Xiao et al. 2
 
 No simple mean-field form, so `predict` returns None (draw nothing rather than a guess):
 * residual connections (`residual`, `residual_reduction`, with or without BN). The sum itself
-  is simple and `_Block` implements it: body's last conv has zero-mean weights independent of
+  is simple (an additive form, tried and removed): body's last conv has zero-mean weights independent of
   x, so the covariances add, forward (body + skip) and backward (through the body + through the
   skip). But the leaky ReLU after the sum sees `body + x` with x a previous leaky ReLU's output,
   mostly positive, not a zero-mean Gaussian: it passes most of the signal where the arc-cosine
@@ -388,10 +388,11 @@ class _BN:
 
 
 class _Block:
-    """conv -> [BN] -> lrelu -> [pool] -> conv -> [BN] -> (+ skip) -> lrelu, as ConvBlock."""
+    """conv -> [BN] -> lrelu -> [pool] -> conv -> [BN] -> lrelu, as ConvBlock without a skip
+    (residual blocks have no mean-field form here: `supported`)."""
 
-    def __init__(self, name: str, width: int, variant: Variant, reduce: bool, residual: bool):
-        self.reduce, self.residual, self.name = reduce, residual, name
+    def __init__(self, name: str, width: int, variant: Variant, reduce: bool):
+        self.reduce, self.name = reduce, name
         self.convs = [_Conv(f"{name}_conv_{i}", 9 * width, 9 * width, variant, bias=reduce) for i in range(2)]
         self.bns = [_BN(f"{name}_bn_{i}", width) for i in range(2)] if variant.batch_norm else [None, None]
 
@@ -406,9 +407,6 @@ class _Block:
         u = self.convs[1].forward(h, biases)
         if self.bns[1]:
             u = self.bns[1].forward(u)
-        if self.residual:
-            skip = k.map(_pool) if self.reduce else k
-            u = Kernel(u.same + skip.same, u.cross + skip.cross)
         self.convs[1].gate_coherence = u.coherence()
         out, self.d1 = _lrelu(u)
         return out
@@ -417,7 +415,6 @@ class _Block:
         """(the gradient covariance at the block input, this block's rows in reverse order)."""
         rows: list = []
         b = b * self.d1
-        skip = b
         if self.bns[1]:
             b = self.bns[1].backward(b, batch, rows)
         b = self.convs[1].backward(b, batch, rows)
@@ -427,8 +424,6 @@ class _Block:
         if self.bns[0]:
             b = self.bns[0].backward(b, batch, rows)
         b = self.convs[0].backward(b, batch, rows)
-        if self.residual:
-            b = b + (_unpool(skip) if self.reduce else skip)
         return b, rows
 
 
@@ -479,8 +474,7 @@ def predict(variant: Variant, model: ModelParams = ModelParams(), *, input_secon
     for s in range(model.stages):
         for i in range(n_blocks + 1):
             last = i == n_blocks
-            block = _Block(f"reduction_block_{s}" if last else f"block_{s}_{i}", width, variant, reduce=last,
-                           residual=variant.residual_reduction if last else variant.residual)
+            block = _Block(f"reduction_block_{s}" if last else f"block_{s}_{i}", width, variant, reduce=last)
             k = block.forward(k, biases)
             blocks.append(block)
     h, w = k.same.shape[:2]
