@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -22,6 +23,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.cache  # asked by every autocast (each step, each evaluation batch); the CPU does not change
 def native_cpu_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without it oneDNN
     emulates bf16: measured on a 2-core AVX2-only AMD EPYC, a VGG_38 training step was ~10x

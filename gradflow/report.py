@@ -147,10 +147,6 @@ def signal_story(runs: dict) -> list[str]:
     return lines
 
 
-# What a variant changes against the plain design of its depth, for the controls' sentences.
-FIX_FIELDS = ("batch_norm", "residual", "residual_reduction", "dense", "deep_supervision")
-
-
 def differences(v: P.Variant, plain: P.Variant) -> list[str]:
     """`key value` for every field of v that differs from plain (None: the train section's)."""
     return [f"{f.name} {getattr(v, f.name)}" for f in dataclasses.fields(v)
@@ -167,7 +163,7 @@ def controls_story(runs: dict, variants: dict[str, P.Variant]) -> list[str]:
     lines = []
     for name, v in variants.items():
         plain = plains.get(v.depth)
-        if name not in runs or plain is None or name == plain or any(getattr(v, f) for f in FIX_FIELDS):
+        if name not in runs or plain is None or name == plain or coursework_fix(v):  # a fix, not a control
             continue
         m, pm = runs[name]["metrics"], runs[plain]["metrics"]
         line = (f"- {name} ({', '.join(differences(v, variants[plain]))}): grad ratio at init "
