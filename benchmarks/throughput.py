@@ -53,7 +53,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -78,6 +77,7 @@ from gradflow.files import write_json  # noqa: E402
 from gradflow.model import VGG, probed_parameters  # noqa: E402
 from gradflow.device import pick_device  # noqa: E402
 from gradflow.training import capture_every, fit  # noqa: E402
+from benchmarks.measure import matmul_gflops, memory, reset_peak, sync  # noqa: E402
 from benchmarks.tiny import copy_files, write_params  # noqa: E402
 
 MODELS = ("VGG_08", "VGG_38", "VGG_38_BN_RC")
@@ -91,35 +91,6 @@ QUIET_CORES = 0.2  # other processes' load above which a measurement is flagged
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS since the last reset_peak_rss() (VmHWM), else since start."""
-    try:
-        return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
-    except (OSError, AttributeError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def reset_peak(device: torch.device) -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
-    except OSError:
-        pass  # not Linux: the peak stays process-wide
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def memory(device: torch.device) -> dict:
-    out = {"peak_rss_mb": round(peak_rss_mb(), 1)}
-    if device.type == "cuda":
-        out["cuda_max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return out
-
 
 class OtherLoad:
     """Cores kept busy by other processes during a measurement: the machine's busy CPU time
@@ -368,20 +339,8 @@ def run_worker(kind: str, value: str, args) -> dict:
 def matmul_rate(device: torch.device, min_seconds: float = 1.0) -> dict:
     """GFLOP/s of one large matmul in the dtype training computes in on this device."""
     size, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b  # warm-up
-    sync(device)
-    reps, started = 0, time.perf_counter()
-    while reps < 3 or time.perf_counter() - started < min_seconds:
-        a @ b
-        reps += 1
-        if device.type == "cuda" and reps % 10 == 0:
-            sync(device)
-    sync(device)
-    seconds = (time.perf_counter() - started) / reps
-    return {"size": size, "dtype": str(dtype).removeprefix("torch."), "reps": reps,
-            "gflops": round(2 * size**3 / seconds / 1e9, 1)}
+    return {"size": size, "dtype": str(dtype).removeprefix("torch."),
+            "gflops": matmul_gflops(device, dtype, size, min_seconds)}
 
 
 def forward_flops(cfg: P.RunConfig) -> int:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from gradflow import fastpath, paths
 from gradflow.loss import aux_weight_at
-from gradflow.device import autocast, pick_device, uses_bf16
+from gradflow.device import autocast, pick_device, uses_bf16, uses_channels_last
 from gradflow.cli import Interrupted, signal_number
 from gradflow.capture import GradientCapture, first_last_conv_ratio
 from gradflow.data import Augment, Dataset, Split
@@ -293,9 +293,7 @@ class Training:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        # NHWC is cuDNN's tensor-core layout, and oneDNN's faster one for these 32-channel convs
-        # on the CPU too (VGG_08 1.31x, VGG_38 1.19x on 2 cores, benchmarks/throughput.py).
-        channels_last = t.channels_last is True or (t.channels_last == "auto" and device.type in ("cuda", "cpu"))
+        channels_last = uses_channels_last(t.channels_last, device)
 
         torch.manual_seed(t.seed)
         model = VGG(cfg.variant, cfg.model).to(device)

@@ -203,6 +203,9 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path):
     for name, per_mode in timings.items():
         assert per_mode["eager"]["status"] == "ok" and per_mode["eager"]["s_per_epoch"] > 0
         assert per_mode["graph"]["status"] == "n/a on cpu"
+    # The speed is the library's training with capture on: its first captured step's ratio.
+    assert timings["VGG_38"]["eager"]["log10_grad_ratio_init"] < -10
+    assert timings["VGG_08"]["eager"]["log10_grad_ratio_init"] > -3
     compiled = timings["VGG_08"]["compile"]
     assert compiled["status"] == "ok" if HAS_CC else compiled["status"].startswith("error")
     assert result["projection"]["serial_s"]["eager"] > 0 and result["projection"]["method"]
@@ -212,9 +215,17 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path):
     assert "VGG_38" in proc.stdout and "s/epoch" in proc.stdout
 
 
-def test_gpu_check_needs_neither_tests_nor_dvc():
-    """The GPU machine has no dvc and gets no tests/ helpers: the check imports neither."""
-    tree = ast.parse((ROOT / "benchmarks" / "gpu_check.py").read_text())
+def test_gpu_check_needs_neither_tests_nor_dvc_and_times_the_library():
+    """The GPU machine has no dvc and gets no tests/ helpers: the check imports neither. And
+    it times the product's training, not a loop of its own: no optimizer, no backward, no
+    autocast of its own in it (gradflow.training.Training makes them)."""
+    source = (ROOT / "benchmarks" / "gpu_check.py").read_text()
+    tree = ast.parse(source)
     modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not {m for m in modules if m.split(".")[0] in ("tests", "dvc", "conftest")}, modules
+    assert "gradflow.training" in modules
+    calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    own = {c for c in calls if c.startswith(("torch.optim", "torch.autocast", "fastpath.TrainStep"))
+           or c.endswith((".backward", ".step"))}
+    assert not own, own
