@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gradflow.paths import PLOTS_PAGE
+from gradflow.verdict import verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,6 +38,13 @@ def setting(path: str, value):
         node[last] = value
         return params
     return edit
+
+
+def rule_verdict(metrics: dict, run: dict) -> str:
+    """The verdict gradflow.verdict's rule gives for a run's own numbers: its metrics file and
+    the summary kept with its model (models/V.pt's "run"). A metrics verdict must equal it."""
+    return verdict(metrics["final_train_loss"], metrics["best_val_acc"], run["status"] == "diverged",
+                   n_val=run["val_images"], epochs=run["epochs_run"])
 
 
 @functools.cache

@@ -21,11 +21,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import DVC, copy_project, run, stage, write_params
+from conftest import DVC, copy_project, rule_verdict, run, stage, write_params
 from gradflow import figures as Fg
 from gradflow.model import VGG, depth_positions, probed_parameters
 from gradflow.params import ModelParams, Variant
-from gradflow.verdict import VERDICTS
+from gradflow.verdict import verdict
 
 FIGURES = ["training_curves.png", "gradient_flow.png", "gradient_flow_detail.png", "signal_flow.png",
            "gradient_heatmap.png", "activations.png",
@@ -143,7 +143,7 @@ def test_results_table_has_a_row_per_variant(plotted):
         row = rows[variant]
         metrics = json.loads((plotted / "metrics" / f"{variant}.json").read_text())
         run = torch.load(plotted / "models" / f"{variant}.pt", weights_only=True)["run"]
-        assert row["verdict"] == metrics["verdict"] in VERDICTS
+        assert row["verdict"] == metrics["verdict"] == rule_verdict(metrics, run)
         assert row["epochs"] == "1/1"
         assert row["test acc"] == f"{metrics['test_acc']:.3f}"
         assert row["params"] == f"{run['params']:,d}"
@@ -175,7 +175,9 @@ def test_sweep_csv_has_a_row_per_point(plotted):
     sweep = pd.read_csv(plotted / "plots" / "sweep.csv")
     assert list(sweep.columns) == SWEEP_COLUMNS
     assert sorted(zip(sweep["depth"], sweep["fix"])) == [(8, "bn_rc"), (8, "none")]
-    assert sweep["verdict"].isin(VERDICTS).all()
+    for row in sweep.itertuples():  # each point's verdict follows from its own numbers
+        assert row.verdict == verdict(row.final_train_loss, row.best_val_acc, False,
+                                      n_val=SMALL["data"]["val_size"], epochs=SMALL["sweep"]["epochs"]), row
     assert sweep["final_train_loss"].between(0, 20).all()
     assert sweep["log10_grad_ratio_init"].between(-30, 5).all()
 
