@@ -24,6 +24,13 @@ sys.path.insert(0, str(ROOT))
 # The tiny project (TINY params, the copy, params.yaml's merge) is shared with benchmarks/throughput.py.
 from benchmarks.tiny import TINY, copy_files, default_params, merged, write_params  # noqa: E402,F401
 
+# pytest -n auto runs one worker per core. A torch process with more compute threads than its
+# share of the cores waits on each descheduled thread (the other worker's processes hold the
+# other core), so each worker, and every stage process it starts, computes on its share.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+
 PYTHON = sys.executable
 DVC = str(Path(sys.executable).with_name("dvc"))
 

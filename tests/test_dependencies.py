@@ -163,8 +163,6 @@ def repro(project: Path, audit: Path | None = None):
     return run([DVC, "repro"], cwd=project, extra_env=env)
 
 
-pytestmark = pytest.mark.xdist_group('dependencies')  # its module fixture runs once, on one worker
-
 
 @pytest.fixture(scope="module")
 def twice(tmp_path_factory):

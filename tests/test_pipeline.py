@@ -93,8 +93,6 @@ def skipped(proc) -> set[str]:
     return set(re.findall(r"Stage '([^']+)' didn't change, skipping", proc.output))
 
 
-pytestmark = pytest.mark.xdist_group('pipeline')  # its module fixture runs once, on one worker
-
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):

@@ -41,8 +41,6 @@ SMALL = {
 }
 
 
-pytestmark = pytest.mark.xdist_group('plots')  # its module fixture runs once, on one worker
-
 
 @pytest.fixture(scope="module")
 def plotted(tmp_path_factory) -> Path:
