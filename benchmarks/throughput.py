@@ -390,9 +390,6 @@ def dvc_noop(full_dag: bool, reps: int = 3) -> dict:
                      "sweep": {**real["sweep"], "epochs": 1}} if full_dag else {}
         project = tiny_project(Path(tmp) / "project", overrides)
         env["PYTHONPATH"] = str(project)
-        whole = (project / "stages" / "plots.py").is_file()
-        # Until the plots stage exists, every stage but plots; the whole pipeline after.
-        targets = [] if whole else ["fetch", "train", "gradients", "sweep"]
 
         def dvc(*cmd: str) -> tuple[float, subprocess.CompletedProcess]:
             started = time.perf_counter()
@@ -402,17 +399,17 @@ def dvc_noop(full_dag: bool, reps: int = 3) -> dict:
                                    f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
             return time.perf_counter() - started, proc
 
-        first, _ = dvc("repro", *targets)
+        first, _ = dvc("repro")
         repro, version = [], []
         for _ in range(reps):  # interleaved, so drift hits both alike
-            seconds, proc = dvc("repro", *targets)
+            seconds, proc = dvc("repro")
             if "Running stage" in proc.stdout:
                 raise RuntimeError(f"the second dvc repro was not a no-op:\n{proc.stdout[-2000:]}")
             repro.append(seconds)
             version.append(dvc("version")[0])
         stages = dvc("stage", "list")[1].stdout.strip().splitlines()
     r, v = statistics.median(repro), statistics.median(version)
-    return {"targets": "whole pipeline" if whole else " ".join(targets), "stages": len(stages),
+    return {"stages": len(stages),
             "first_repro_seconds": round(first, 2), "repro_noop_seconds": [round(s, 3) for s in repro],
             "version_seconds": [round(s, 3) for s in version], "repro_noop_median": round(r, 3),
             "version_median": round(v, 3), "ratio": round(r / v, 2), "goal": DVC_GOAL,
@@ -534,7 +531,7 @@ def print_table(r: dict, out: Path) -> None:
               f"{100 * c['goal']:.0f}%); from timing the capture calls alone: {est}")
     if r["dvc"]:
         d = r["dvc"]
-        print(f"dvc no-op repro ({d['targets']}, {d['stages']} stages): {d['repro_noop_median']:.2f}s vs "
+        print(f"dvc no-op repro (whole pipeline, {d['stages']} stages): {d['repro_noop_median']:.2f}s vs "
               f"dvc version {d['version_median']:.2f}s = {d['ratio']:.2f}x (goal <= {d['goal']:.0f}x)")
     busy = [c for m in r["models"].values() for c in m["other_load_cores"] if c is not None]
     busy += [p["other_load_cores"] for p in (r["capture"] or {}).get("pairs", []) if p["other_load_cores"] is not None]

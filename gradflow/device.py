@@ -47,7 +47,10 @@ def uses_channels_last(setting, device: torch.device) -> bool:
     return setting is True or (setting == "auto" and device.type in ("cuda", "cpu"))
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
     # Autocast runs convs and matmuls in bf16 and keeps the parameters, their gradients and the
     # optimizer in fp32. bf16 has fp32's exponent range, so gradients of 1e-18 stay resolvable.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
+    # cache_enabled=False (the training step, gradflow.fastpath): a cached bf16 copy of a weight
+    # must not outlive a captured CUDA graph.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision),
+                          cache_enabled=cache_enabled)

@@ -32,7 +32,7 @@ import sys
 import torch
 
 from gradflow.loss import loss_fn
-from gradflow.device import uses_bf16
+from gradflow.device import autocast
 
 MODES = ("eager", "compile", "reduce-overhead", "graph")
 
@@ -58,12 +58,6 @@ def resolve(setting, device: torch.device, world: int = 1) -> str:
     if setting in MODES:
         return setting
     raise ValueError(f"train.compile: {setting!r} is not auto, true, false or one of {', '.join(MODES)}")
-
-
-def _autocast(device: torch.device, precision: str):
-    # cache_enabled=False: a cached bf16 copy of a weight must not outlive a captured graph.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision),
-                          cache_enabled=False)
 
 
 class TrainStep:
@@ -94,7 +88,7 @@ class TrainStep:
                                           mode="reduce-overhead" if mode == "reduce-overhead" else None)
 
     def _forward_loss(self, x, y, aux_weight, denominator):
-        with _autocast(self.device, self.precision):
+        with autocast(self.device, self.precision, cache_enabled=False):
             logits, aux = self.model(x)
         loss, main_sum = loss_fn(logits, aux, y, aux_weight, denominator)
         return loss, logits, main_sum
