@@ -53,11 +53,12 @@ def cpu_model() -> str:
         return platform.processor() or "unknown CPU"
 
 
-def stand_in_dataset(stand_in: D.StandIn) -> D.Dataset:
-    """The fetch stage's synthetic source (default data params), in memory."""
-    raw, _ = synthetic_source(P.DataParams(source="synthetic"), stand_in)
+def stand_in_dataset(stand_in: D.StandIn, data: P.DataParams) -> D.Dataset:
+    """The fetch stage's synthetic source (params.yaml's data sizes), in memory."""
+    data = dataclasses.replace(data, source="synthetic")
+    raw, _ = synthetic_source(data, stand_in)
     raw["test_images"], raw["test_labels"] = raw["test_images"][:100], raw["test_labels"][:100]  # unused
-    return D.Dataset.from_raw(raw, "synthetic")
+    return D.Dataset.from_raw(raw, "synthetic", data)
 
 
 def main() -> int:
@@ -73,12 +74,12 @@ def main() -> int:
 
     started = time.perf_counter()
     stand_in = D.CALIBRATED if args.signal is None else dataclasses.replace(D.CALIBRATED, signal=args.signal)
-    dataset = stand_in_dataset(stand_in)
+    params = P.load(ROOT / "params.yaml")
+    dataset = stand_in_dataset(stand_in, params.data)
     print(f"calibrate: {stand_in}: "
           f"{len(dataset.train):,} train / {len(dataset.val):,} val images "
           f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     reference = {name: pd.read_csv(ROOT / "reference" / name / "summary.csv").head(EPOCHS) for name in VARIANTS}
-    params = P.load(ROOT / "params.yaml")
     rows, curves = [], {}
     for precision in precisions:
         for name in args.variants:

@@ -76,7 +76,7 @@ def main() -> int:
     params = P.load(ROOT / "params.yaml")
     data = dataclasses.replace(params.data, source="synthetic", train_limit=args.images, eval_limit=max(args.probe, 500))
     raw, _ = synthetic_source(data)
-    dataset = D.Dataset.from_raw(raw, "synthetic", P.DataLimits(data.train_limit, data.eval_limit))
+    dataset = D.Dataset.from_raw(raw, "synthetic", data)
     rows = []
     for lr in args.lrs:
         cfg = params.run("VGG_38_HE")

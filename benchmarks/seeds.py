@@ -71,7 +71,7 @@ def main() -> int:
     overrides = quick_start_overrides()
     params = quick_start_params(overrides)
     raw, _ = synthetic_source(params.data)
-    dataset = D.Dataset.from_raw(raw, "synthetic", P.DataLimits(params.data.train_limit, params.data.eval_limit))
+    dataset = D.Dataset.from_raw(raw, "synthetic", params.data)
     print(f"seeds: the README's quick start: {' '.join(overrides)}; {len(dataset.train):,} train / "
           f"{len(dataset.val):,} val images; variants {', '.join(params.variants)}", file=sys.stderr)
     rows, ok = [], True

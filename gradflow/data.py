@@ -169,7 +169,7 @@ class Dataset:
     md5: str = ""
 
     @classmethod
-    def from_raw(cls, raw: dict, source: str, data: DataLimits = DataLimits(), md5: str = "") -> "Dataset":
+    def from_raw(cls, raw: dict, source: str, data: DataLimits, md5: str = "") -> "Dataset":
         """From the fetch stage's dict (build_dataset's), with the limits applied."""
         return cls(
             train=Split(raw["train_images"], raw["train_labels"]).head(data.train_limit),

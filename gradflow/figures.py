@@ -44,6 +44,7 @@ from gradflow.model import depth_positions as _depth_positions  # noqa: E402
 OUT = paths.PLOTS
 REFERENCE = paths.REFERENCE
 REFERENCE_VARIANTS = ("VGG_08", "VGG_38")
+REFERENCE_VAL_SIZE = 2500  # the coursework's split: 47,500 train / 2,500 validation (reference/README.md)
 MAX_DEPTH_LABELS = 40  # per-layer names on a depth axis: at most this many, the rest thinned
 SWEEP_COLUMNS = ["depth", "fix", "verdict", "final_train_loss", "best_val_acc",
                  "log10_grad_ratio_init", "log10_grad_ratio_final", "log10_grad_ratio_predicted"]  # as in metrics/sweep/*.json

@@ -91,7 +91,7 @@ class AuxHead(nn.Module):
 
 
 class VGG(nn.Module):
-    def __init__(self, variant: Variant, model: ModelParams = ModelParams()):
+    def __init__(self, variant: Variant, model: ModelParams):
         super().__init__()
         v = variant
         width, n_blocks = model.filters, blocks_per_stage(v.depth, model.stages)

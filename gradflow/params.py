@@ -3,6 +3,11 @@
 Every stage calls `load()` before doing any work. A wrong key, type or range raises
 `ParamsError` naming the key path; `gradflow.cli` turns it into one line on stderr and exit code 2,
 so nothing is written or deleted when the params are bad.
+
+params.yaml is the one place a setting's value is stated: the dataclasses below hold each field's
+type, bounds and why, and no default, so a key missing from the file is refused like an unknown
+one. Only a variant states just what it changes (a switch it leaves out is off, an override
+left out keeps `train`'s value). A new param is its line in params.yaml plus its field here.
 """
 
 from __future__ import annotations
@@ -41,17 +46,17 @@ def _check(minimum=None, maximum=None, *, exclusive_min=False):
 @dataclass(frozen=True)
 class DataLimits:
     """The `data` settings that training reads: how much of the dataset file a run uses."""
-    train_limit: Optional[int] = field(default=None, metadata=_check(1))  # first N train images
-    eval_limit: Optional[int] = field(default=None, metadata=_check(1))  # first N val/test images
+    train_limit: Optional[int] = field(metadata=_check(1))  # first N train images (null: all)
+    eval_limit: Optional[int] = field(metadata=_check(1))  # first N val/test images (null: all)
 
 
 @dataclass(frozen=True)
 class DataParams(DataLimits):
-    source: Literal["cifar100", "synthetic"] = "cifar100"
-    seed: int = field(default=0, metadata=_check(0))  # train/validation split and synthetic data
-    val_size: int = field(default=2500, metadata=_check(1))
-    synthetic_train_size: int = field(default=50000, metadata=_check(2))  # before the split
-    synthetic_test_size: int = field(default=10000, metadata=_check(1))
+    source: Literal["cifar100", "synthetic"]
+    seed: int = field(metadata=_check(0))  # train/validation split and synthetic data
+    val_size: int = field(metadata=_check(1))
+    synthetic_train_size: int = field(metadata=_check(2))  # before the split
+    synthetic_test_size: int = field(metadata=_check(1))
 
 
 def data_sources() -> tuple[str, ...]:
@@ -61,36 +66,36 @@ def data_sources() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ModelParams:
-    filters: int = field(default=32, metadata=_check(1))
-    stages: int = field(default=3, metadata=_check(1, 5))  # each halves the resolution once
+    filters: int = field(metadata=_check(1))
+    stages: int = field(metadata=_check(1, 5))  # each halves the resolution once
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = field(default=100, metadata=_check(1))
-    batch_size: int = field(default=100, metadata=_check(1))
-    lr: float = field(default=1e-3, metadata=_check(0, exclusive_min=True))
-    weight_decay: float = field(default=0.0, metadata=_check(0))
-    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: momentum 0.9, no per-parameter scaling
+    epochs: int = field(metadata=_check(1))
+    batch_size: int = field(metadata=_check(1))
+    lr: float = field(metadata=_check(0, exclusive_min=True))
+    weight_decay: float = field(metadata=_check(0))
+    optimizer: Literal["adam", "sgd"]  # sgd: momentum 0.9, no per-parameter scaling
     # Adam divides by sqrt(v) + eps: gradients far below eps (VGG_38's first layers: 1e-18)
     # get updates of ~lr * g / eps, i.e. none. A tiny eps makes Adam scale-invariant there too.
-    adam_eps: float = field(default=1e-8, metadata=_check(0, exclusive_min=True))
-    eta_min: float = field(default=2e-5, metadata=_check(0))  # cosine annealing floor
-    seed: int = field(default=0, metadata=_check(0))
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    crop_padding: int = field(default=4, metadata=_check(0, 16))
-    flip: bool = True
-    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-    std: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
-    eval_batch_size: int = field(default=100, metadata=_check(1))
+    adam_eps: float = field(metadata=_check(0, exclusive_min=True))
+    eta_min: float = field(metadata=_check(0))  # cosine annealing floor
+    seed: int = field(metadata=_check(0))
+    device: str  # auto | cpu | cuda | cuda:N | mps
+    crop_padding: int = field(metadata=_check(0, 16))
+    flip: bool
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    eval_batch_size: int = field(metadata=_check(1))
     # auto: bf16 autocast on CUDA, fp32 elsewhere. fast: also bf16 on a CPU with native bf16
     # (AVX512-BF16, AMX: ~1.9x faster for VGG_38), fp32 on one without (there bf16 is ~10x slower).
-    precision: Literal["auto", "fast", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fast", "fp32", "bf16"]
     # false: eager; true: torch.compile; "reduce-overhead": compile with CUDA graphs; "graph": the
     # whole step as one CUDA graph; auto: eager until measured on a GPU (gradflow/fastpath.py)
-    compile: Literal["auto", True, False, "reduce-overhead", "graph"] = False
-    channels_last: Literal["auto", True, False] = "auto"  # auto: on CUDA and CPU, not MPS
-    distributed: bool = False  # the train stage relaunches itself under torchrun (DDP)
+    compile: Literal["auto", True, False, "reduce-overhead", "graph"]
+    channels_last: Literal["auto", True, False]  # auto: on CUDA and CPU, not MPS
+    distributed: bool  # the train stage relaunches itself under torchrun (DDP)
 
 
 # Fields a variant may override from `train`.
@@ -99,6 +104,8 @@ TRAIN_OVERRIDES = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "a
 
 @dataclass(frozen=True)
 class Variant:
+    """One architecture: the plain design at `depth`, the fixes it switches on, and the training
+    settings it overrides. The defaults here are "not changed", not values params.yaml repeats."""
     depth: int = field(metadata=_check(2))  # required: no default an empty variant could take
     batch_norm: bool = False
     residual: bool = False
@@ -119,22 +126,22 @@ class Variant:
 @dataclass(frozen=True)
 class CaptureParams:
     """The `gradients` settings that training reads (the capture and the weight snapshots)."""
-    every_n_steps: Union[Literal["auto"], int] = "auto"  # auto: about 10 samples per epoch
-    epochs: tuple[Union[int, Literal["last"]], ...] = (0, 1, "last")  # weight snapshots
-    include_bias: bool = False
+    every_n_steps: Union[Literal["auto"], int]  # auto: about 10 samples per epoch
+    epochs: tuple[Union[int, Literal["last"]], ...]  # weight snapshots
+    include_bias: bool
 
 
 @dataclass(frozen=True)
 class GradientsParams(CaptureParams):
-    probe_size: int = field(default=500, metadata=_check(1))  # read by the gradients stage only
+    probe_size: int = field(metadata=_check(1))  # read by the gradients stage only
 
 
 @dataclass(frozen=True)
 class SweepParams:
     # [] runs no sweep (the quick start)
-    depths: tuple[int, ...] = field(default=(8, 14, 20, 26, 32, 38, 50, 74, 98), metadata={"may_be_empty": True})
-    fixes: tuple[str, ...] = ("none", "bn_rc")
-    epochs: int = field(default=5, metadata=_check(1))
+    depths: tuple[int, ...] = field(metadata={"may_be_empty": True})
+    fixes: tuple[str, ...]
+    epochs: int = field(metadata=_check(1))
 
 
 # The fixes a sweep can apply, as variant switches.
@@ -158,12 +165,12 @@ def sweep_fix(fix: str) -> dict:
 
 @dataclass(frozen=True)
 class Params:
-    data: DataParams = DataParams()
-    model: ModelParams = ModelParams()
-    train: TrainParams = TrainParams()
-    variants: dict[str, Variant] = field(default_factory=dict)
-    gradients: GradientsParams = GradientsParams()
-    sweep: SweepParams = SweepParams()
+    data: DataParams
+    model: ModelParams
+    train: TrainParams
+    variants: dict[str, Variant]
+    gradients: GradientsParams
+    sweep: SweepParams
 
     def run(self, variant: str) -> "RunConfig":
         if variant not in self.variants:
@@ -329,8 +336,9 @@ def _build(cls, raw, path: str):
               for name, f in known.items() if name in raw}
     for name, f in known.items():
         if name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ParamsError(f"{path}.{name}: missing; it is required".lstrip(".")
-                              + (" (8 + 6k, e.g. 8, 14, 38)" if name == "depth" else ""))
+            hint = ("8 + 6k, e.g. 8, 14, 38" if name == "depth" else
+                    "every setting is stated in the file; the project's params.yaml has each")
+            raise ParamsError(f"{path}.{name}: missing; it is required ({hint})".lstrip("."))
     return cls(**kwargs)
 
 
@@ -533,7 +541,7 @@ def load(path: Path | str = PARAMS_FILE, dvc_yaml: Path | None = None) -> Params
     missing = [s for s in SECTIONS if s not in (raw or {})]
     if missing:  # dvc.yaml declares them: DVC would stop on a missing one, after deleting outputs
         raise ParamsError(f"{missing[0]}: section missing from {path} (every one of "
-                          f"{', '.join(SECTIONS)} is required; an empty one takes the defaults)")
+                          f"{', '.join(SECTIONS)} is required)")
     if dvc_yaml is not None:
         _require_declared(raw, dvc_yaml, path)
     return parse(raw)
@@ -561,7 +569,7 @@ def _require_declared(raw: dict, dvc_yaml: Path, path) -> None:
                 for part in name.split("."):
                     if not isinstance(node, dict) or part not in node:
                         raise ParamsError(f"{name}: missing from {path}, and dvc.yaml's stage "
-                                          f"{stage_name} declares it (add it; null takes the default)")
+                                          f"{stage_name} declares it (add it)")
                     node = node[part]
 
 

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 
 from gradflow import params as P
-from gradflow.figures import FIGURES, run_summary
+from gradflow.figures import FIGURES, REFERENCE_VAL_SIZE, run_summary
 from gradflow.model import LOGITS
 from gradflow.theory import SHARE_RESOLUTION
 from gradflow.verdict import RULE, VERDICTS, rule_numbers, verdict
@@ -38,7 +38,7 @@ def reference_verdicts(reference: dict[str, pd.DataFrame]) -> dict[str, str]:
     for name, table in reference.items():
         if len(table):
             out[name] = verdict(float(table["train_loss"].iloc[-1]), float(table["val_acc"].max()),
-                                diverged=False, n_val=P.DataParams().val_size, epochs=len(table))
+                                diverged=False, n_val=REFERENCE_VAL_SIZE, epochs=len(table))
     return out
 
 

@@ -447,7 +447,7 @@ def supported(variant: Variant) -> bool:
 
 
 @_single_threaded
-def predict(variant: Variant, model: ModelParams = ModelParams(), *, input_second_moment: float | None = None,
+def predict(variant: Variant, model: ModelParams, *, input_second_moment: float | None = None,
             input_kernel: Kernel | None = None, batch_size: int, biases: bool = True,
             include_bias: bool = False, classes: int = NUM_CLASSES) -> Prediction | None:
     """Per-layer prediction at initialisation (see the module docstring), or None for a variant

@@ -47,6 +47,14 @@ def setting(path: str, value):
     return edit
 
 
+def project_params(overrides: dict | None = None):
+    """The project's params.yaml with `overrides` merged in (benchmarks.tiny.merged), parsed: how
+    a test gets a whole, valid Params when it cares about a few values (params.yaml is the one
+    place the others are stated)."""
+    from gradflow.params import parse
+    return parse(merged(default_params(), overrides or {}))
+
+
 def rule_verdict(metrics: dict, run: dict) -> str:
     """The verdict gradflow.verdict's rule gives for a run's own numbers: its metrics file and
     the summary kept with its model (models/V.pt's "run"). A metrics verdict must equal it."""

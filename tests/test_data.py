@@ -15,11 +15,10 @@ import torch
 
 import stages.fetch
 from cifar_archive import write_cifar100_archive
-from conftest import stage, write_params
+from conftest import project_params, stage, write_params
 from gradflow.data import (CIFAR100_FILENAME, CIFAR100_URL, DataError, Augment, build_dataset, load_dataset,
                          read_cifar100_archive, synthetic)
 from gradflow.files import md5sum
-from gradflow.params import DataParams
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CPU = torch.device("cpu")
@@ -137,7 +136,7 @@ def test_fetch_reads_a_placed_archive_into_the_dataset_file(project, archive, mo
     assert manifest["dataset_md5"] == md5sum(project / "data" / "dataset.pt")
     assert raw.exists(), "a good archive is kept"
 
-    data = load_dataset(DataParams(source="cifar100", val_size=20))
+    data = load_dataset(project_params({"data": {"source": "cifar100", "val_size": 20}}).data)
     assert (len(data.train), len(data.val), len(data.test)) == (80, 20, 40)
     assert data.classes == archive.classes
     assert torch.equal(data.test.images, torch.from_numpy(archive.test_images))
@@ -278,15 +277,15 @@ def test_synthetic_fetch_sizes_and_limits(project, monkeypatch):
     assert manifest["source"] == "synthetic"
     assert manifest["sizes"] == {"train": 400, "val": 200, "test": 200}
 
-    full = load_dataset(DataParams(source="synthetic"))
+    full = load_dataset(project_params({"data": {"source": "synthetic"}}).data)
     assert (len(full.train), len(full.val), len(full.test)) == (400, 200, 200)
-    limited = load_dataset(DataParams(source="synthetic", train_limit=50, eval_limit=30))
+    limited = load_dataset(project_params({"data": {"source": "synthetic", "train_limit": 50, "eval_limit": 30}}).data)
     assert (len(limited.train), len(limited.val), len(limited.test)) == (50, 30, 30)
     assert torch.equal(limited.train.images, full.train.images[:50])  # the first N, not a sample
     assert torch.equal(limited.val.labels, full.val.labels[:30])
     assert torch.equal(limited.test.images, full.test.images[:30])
     assert limited.fingerprint() != full.fingerprint()  # runs on other limits do not share state
-    big = load_dataset(DataParams(source="synthetic", train_limit=10_000))
+    big = load_dataset(project_params({"data": {"source": "synthetic", "train_limit": 10_000}}).data)
     assert len(big.train) == 400  # a limit above the size keeps everything
 
 
@@ -308,11 +307,11 @@ def test_train_refuses_a_dataset_that_does_not_match_its_manifest(project, monke
 def test_missing_manifest_or_dataset_is_a_data_error(project, monkeypatch):
     monkeypatch.chdir(project)
     with pytest.raises(DataError, match="manifest.json"):
-        load_dataset(DataParams())
+        load_dataset(project_params().data)
     stages.fetch.main([])
     (project / "data" / "dataset.pt").unlink()
     with pytest.raises(DataError, match="dataset.pt"):
-        load_dataset(DataParams())
+        load_dataset(project_params().data)
 
 
 # --- augmentation -----------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def at_init() -> dict[str, dict]:
     for name in ["VGG_08", "none", *FIXES]:
         torch.manual_seed(0)
         v = variant(name)
-        out[name] = probe(VGG(v, ModelParams(filters=32)), x, y, v.aux_weight)
+        out[name] = probe(VGG(v, ModelParams(filters=32, stages=3)), x, y, v.aux_weight)
     return out
 
 
@@ -142,7 +142,7 @@ def train(name: str, stream, steps: int = MAX_STEPS, stop_below: float | None = 
     x_all, y_all = stream
     torch.manual_seed(0)
     v = variant(name)
-    model = VGG(v, ModelParams(filters=FILTERS)).train()
+    model = VGG(v, ModelParams(filters=FILTERS, stages=3)).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     losses = []
     for step in range(steps):
@@ -161,7 +161,7 @@ def train(name: str, stream, steps: int = MAX_STEPS, stop_below: float | None = 
 def first_conv_moved(name: str, stream, steps: int):
     """(relative change of the first conv's weights after `steps` steps, the trained model)."""
     torch.manual_seed(0)
-    before = VGG(variant(name), ModelParams(filters=FILTERS)).input_conv.conv_0.weight.detach().clone()
+    before = VGG(variant(name), ModelParams(filters=FILTERS, stages=3)).input_conv.conv_0.weight.detach().clone()
     model, _ = train(name, stream, steps=steps)
     after = model.input_conv.conv_0.weight.detach()
     return ((after - before).norm() / before.norm()).item(), model
@@ -170,7 +170,7 @@ def first_conv_moved(name: str, stream, steps: int):
 def test_the_small_net_vanishes_too(stream):
     x, y = stream
     torch.manual_seed(0)
-    plain = probe(VGG(variant("none"), ModelParams(filters=FILTERS)), x[:32], y[:32], 0.0)
+    plain = probe(VGG(variant("none"), ModelParams(filters=FILTERS, stages=3)), x[:32], y[:32], 0.0)
     assert plain["first"] / plain["last"] < 1e-6
 
 

@@ -40,7 +40,7 @@ def batch(n: int, size: int = 32, seed: int = 0):
 
 def tiny_model(depth: int = 8, filters: int = 8, **switches) -> VGG:
     torch.manual_seed(0)
-    return VGG(Variant(depth=depth, **switches), ModelParams(filters=filters))
+    return VGG(Variant(depth=depth, **switches), ModelParams(filters=filters, stages=3))
 
 
 def train_steps(model, step: fastpath.TrainStep, optimizer, x, y, n_steps: int) -> list[float]:

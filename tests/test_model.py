@@ -19,7 +19,7 @@ WIDTH = 32
 
 def build(seed: int = 0, **switches) -> VGG:
     torch.manual_seed(seed)
-    return VGG(Variant(**switches), ModelParams())
+    return VGG(Variant(**switches), ModelParams(filters=32, stages=3))
 
 
 def n_params(model: nn.Module) -> int:
@@ -70,10 +70,10 @@ def test_a_bad_depth_is_refused_naming_it(depth):
 
 def test_depth_follows_the_stage_count():
     # 2 stages: depth = 2 + 2 * (2b + 2) = 6 + 4b
-    model = VGG(Variant(depth=10), ModelParams(stages=2))
+    model = VGG(Variant(depth=10), ModelParams(filters=32, stages=2))
     assert count_layers(model)["conv"] == 9
     with pytest.raises(ParamsError, match="depth 8 is not 6 \\+ 4k"):
-        VGG(Variant(depth=8), ModelParams(stages=2))
+        VGG(Variant(depth=8), ModelParams(filters=32, stages=2))
 
 
 def test_layer_names_follow_the_reference():

@@ -18,7 +18,7 @@ import yaml
 
 import stages.fetch
 import stages.train
-from conftest import TINY, default_params, merged, setting, stage, write_params
+from conftest import TINY, default_params, merged, project_params, setting, stage, write_params
 from gradflow.params import (DataParams, GradientsParams, ModelParams, Params, ParamsError, SweepParams,
                              TrainParams, Variant, load, parse)
 
@@ -139,8 +139,8 @@ FIELDS = [(f"{section}.{f.name}", f) for section, cls in SECTIONS.items() for f 
 
 
 def with_value(path: str, value) -> dict:
-    """Minimal raw params (one variant V, depth 8) with `path` set to value."""
-    raw = {"variants": {"V": {"depth": 8}}}
+    """The project's params with one variant V (depth 8) and `path` set to value."""
+    raw = merged(default_params(), {"variants": {"V": {"depth": 8}}})
     *parents, last = path.split(".")
     node = raw
     for key in parents:
@@ -184,31 +184,40 @@ def test_every_bound_is_enforced_at_its_edge(path, meta):
 
 # --- the typed parser, in-process -----------------------------------------------------------
 
-def test_project_params_parse_and_match_the_defaults():
+def test_project_params_parse():
     params = parse(default_params())
-    assert params.train == type(params.train)()  # params.yaml spells out the dataclass defaults
-    assert params.model == type(params.model)()
-    assert params.data == type(params.data)()
-    assert params.gradients == type(params.gradients)() and params.sweep == type(params.sweep)()
+    assert params.train.lr == 0.001 and params.model.filters == 32 and params.data.source == "cifar100"
     assert params.variants["VGG_38"].depth == 38 and params.variants["VGG_38_BN_RC"].residual
+
+
+@pytest.mark.parametrize("path", [p for p, _ in FIELDS if not p.startswith("variants.")])
+def test_every_setting_is_stated_in_params_yaml_once(path):
+    """params.yaml is the one place a value is stated: no section field has a default in the
+    dataclasses, so a key taken out of the file is refused by its path, not filled in."""
+    section, name = path.split(".")
+    raw = default_params()
+    del raw[section][name]
+    with pytest.raises(ParamsError, match=rf"^{re.escape(path)}: missing; it is required"):
+        parse(raw)
 
 
 def test_bool_is_not_an_integer_and_an_integer_is_not_a_bool():
     with pytest.raises(ParamsError, match="train.epochs"):
-        parse({"variants": {"V": {"depth": 8}}, "train": {"epochs": True}})
+        project_params({"variants": {"V": {"depth": 8}}, "train": {"epochs": True}})
     with pytest.raises(ParamsError, match="train.flip"):
-        parse({"variants": {"V": {"depth": 8}}, "train": {"flip": 1}})
+        project_params({"variants": {"V": {"depth": 8}}, "train": {"flip": 1}})
     with pytest.raises(ParamsError, match="variants.V.batch_norm"):
-        parse({"variants": {"V": {"depth": 8, "batch_norm": "yes"}}})
+        project_params({"variants": {"V": {"depth": 8, "batch_norm": "yes"}}})
     with pytest.raises(ParamsError, match="train.channels_last"):
-        parse({"variants": {"V": {"depth": 8}}, "train": {"channels_last": 1}})
-    assert parse({"variants": {"V": {"depth": 8}}, "train": {"channels_last": True}}).train.channels_last is True
+        project_params({"variants": {"V": {"depth": 8}}, "train": {"channels_last": 1}})
+    p = project_params({"variants": {"V": {"depth": 8}}, "train": {"channels_last": True}})
+    assert p.train.channels_last is True
     with pytest.raises(ParamsError, match="gradients.every_n_steps"):
-        parse({"variants": {"V": {"depth": 8}}, "gradients": {"every_n_steps": True}})
+        project_params({"variants": {"V": {"depth": 8}}, "gradients": {"every_n_steps": True}})
 
 
 def test_integers_are_accepted_for_floats():
-    p = parse({"variants": {"V": {"depth": 8, "lr": 1}}, "train": {"lr": 2, "mean": [0, 1, 0]}})
+    p = project_params({"variants": {"V": {"depth": 8, "lr": 1}}, "train": {"lr": 2, "mean": [0, 1, 0]}})
     assert p.train.lr == 2.0 and type(p.train.lr) is float
     assert p.train.mean == (0.0, 1.0, 0.0) and all(type(m) is float for m in p.train.mean)
     assert p.run("V").train.lr == 1.0 and type(p.run("V").train.lr) is float
@@ -216,47 +225,50 @@ def test_integers_are_accepted_for_floats():
 
 def test_infinity_is_not_a_number_here():
     with pytest.raises(ParamsError, match="train.lr"):
-        parse({"variants": {"V": {"depth": 8}}, "train": {"lr": float("inf")}})
+        project_params({"variants": {"V": {"depth": 8}}, "train": {"lr": float("inf")}})
 
 
-def test_null_is_accepted_where_optional_and_keeps_the_default():
-    p = parse({"variants": {"V": {"depth": 8, "lr": None, "epochs": None, "batch_size": 7}},
+def test_null_is_accepted_where_optional_and_a_variant_keeps_trains_value():
+    p = project_params({"variants": {"V": {"depth": 8, "lr": None, "epochs": None, "batch_size": 7}},
                "data": {"train_limit": None, "eval_limit": 5}, "train": {"lr": 0.01, "epochs": 3}})
     assert p.data.train_limit is None and p.data.eval_limit == 5
     run = p.run("V")
     assert (run.train.lr, run.train.epochs, run.train.batch_size) == (0.01, 3, 7)
     with pytest.raises(ParamsError, match="train.lr"):
-        parse({"variants": {"V": {"depth": 8}}, "train": {"lr": None}})  # not Optional
+        project_params({"variants": {"V": {"depth": 8}}, "train": {"lr": None}})  # not Optional
     with pytest.raises(ParamsError, match="data.train_limit"):
-        parse({"variants": {"V": {"depth": 8}}, "data": {"train_limit": 0}})
+        project_params({"variants": {"V": {"depth": 8}}, "data": {"train_limit": 0}})
 
 
 def test_out_of_range_in_an_optional_field_names_the_bound():
     """Not "expected a number or null, got 0": 0 is a number, it is the bound that fails."""
     with pytest.raises(ParamsError, match=r"variants.V.lr: must be > 0, got 0"):
-        parse({"variants": {"V": {"depth": 8, "lr": 0}}})
+        project_params({"variants": {"V": {"depth": 8, "lr": 0}}})
     with pytest.raises(ParamsError, match=r"data.eval_limit: must be >= 1, got -5"):
-        parse({"variants": {"V": {"depth": 8}}, "data": {"eval_limit": -5}})
+        project_params({"variants": {"V": {"depth": 8}}, "data": {"eval_limit": -5}})
 
 
 def test_unions_and_lists():
-    p = parse({"variants": {"V": {"depth": 8}}, "train": {"epochs": 4},
+    p = project_params({"variants": {"V": {"depth": 8}}, "train": {"epochs": 4},
                "gradients": {"every_n_steps": 5, "epochs": [0, 2, "last"]}})
     assert p.gradients.every_n_steps == 5 and p.gradients.epochs == (0, 2, "last")
     assert p.run("V").snapshot_epochs() == [0, 2, 4]
-    assert parse({"variants": {"V": {"depth": 8}}, "gradients": {"every_n_steps": "auto"}}).gradients.every_n_steps == "auto"
+    p = project_params({"variants": {"V": {"depth": 8}}, "gradients": {"every_n_steps": "auto"}})
+    assert p.gradients.every_n_steps == "auto"
     with pytest.raises(ParamsError, match="gradients.every_n_steps"):
-        parse({"variants": {"V": {"depth": 8}}, "gradients": {"every_n_steps": "often"}})
+        project_params({"variants": {"V": {"depth": 8}}, "gradients": {"every_n_steps": "often"}})
     with pytest.raises(ParamsError, match="sweep.depths"):
-        parse({"variants": {"V": {"depth": 8}}, "sweep": {"depths": 8}})  # a list is expected
+        project_params({"variants": {"V": {"depth": 8}}, "sweep": {"depths": 8}})  # a list is expected
 
 
-def test_empty_sections_take_the_defaults_but_a_variant_needs_its_depth():
-    p = parse({"train": None, "variants": {"V": {"depth": 8}}})
-    assert isinstance(p, Params) and p.train == type(p.train)() and p.variants["V"] == Variant(depth=8)
+def test_an_empty_section_is_refused_but_a_variant_states_only_what_it_changes():
+    with pytest.raises(ParamsError, match=r"^train.epochs: missing; it is required"):
+        project_params({"train": None})
+    p = project_params({"variants": {"V": {"depth": 8}}})
+    assert isinstance(p, Params) and p.variants["V"] == Variant(depth=8) and not p.variants["V"].batch_norm
     # ...but a variant has no default depth: an empty one is refused, naming the key.
     with pytest.raises(ParamsError, match=r"^variants.V.depth: missing"):
-        parse({"variants": {"V": None}})
+        project_params({"variants": {"V": None}})
 
 
 def test_exponent_floats_read_as_numbers_like_dvc_reads_them(tmp_path):

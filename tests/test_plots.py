@@ -299,7 +299,7 @@ def assert_drawn_offline(page: Path, charts: int) -> None:
 # --- the plot helpers, without a run ------------------------------------------------------------
 
 def layers_of(depth: int, **switches) -> list[str]:
-    model = VGG(Variant(depth=depth, **switches), ModelParams(filters=4))
+    model = VGG(Variant(depth=depth, **switches), ModelParams(filters=4, stages=3))
     return [name for name, _ in probed_parameters(model)]
 
 

@@ -29,8 +29,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import (DVC, ROOT, TINY, copy_project, default_params, git_init, kill_after_epoch, merged, run,
-                      setting, stage, write_params)
+from conftest import (DVC, ROOT, TINY, copy_project, default_params, git_init, kill_after_epoch, merged,
+                      project_params, run, setting, stage, write_params)
 
 PARAMS = {"model": {"filters": 8},
           "variants": {"VGG_08": {"depth": 8}, "VGG_08_LR10": {"depth": 8, "lr": 10.0}}}
@@ -372,7 +372,6 @@ def test_a_read_only_workdir_is_one_line(copy):
 def test_a_corrupt_user_archive_is_renamed_not_deleted(project, monkeypatch, capsys):
     import stages.fetch
     from gradflow.errors import DataError
-    from gradflow.params import DataParams
     monkeypatch.chdir(project)
     archive = project / "data" / "raw" / "cifar-100-python.tar.gz"
     archive.parent.mkdir(parents=True)
@@ -382,7 +381,7 @@ def test_a_corrupt_user_archive_is_renamed_not_deleted(project, monkeypatch, cap
         raise DataError("cannot download CIFAR-100 (offline)")
     monkeypatch.setattr(stages.fetch, "download_cifar100", offline)
     with pytest.raises(DataError, match="offline"):
-        stages.fetch.cifar100_source(DataParams(source="cifar100", val_size=20))
+        stages.fetch.cifar100_source(project_params({"data": {"source": "cifar100", "val_size": 20}}).data)
     aside = archive.with_name("cifar-100-python.tar.gz.corrupt")
     assert aside.read_bytes() == b"the user's own, damaged copy"
     assert not archive.exists()

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import DVC, PYTHON, copy_project, git_init, kill_after_epoch, run, setting, stage, write_params
+from conftest import (DVC, PYTHON, copy_project, git_init, kill_after_epoch, project_params, run, setting, stage,
+                      write_params)
 from test_reliability import files, make_read_only, make_writable, one_line, tiny, trained_project
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -359,7 +360,6 @@ def test_a_duplicate_key_is_refused_by_the_projects_own_loader(project):
 def test_a_second_bad_archive_never_overwrites_the_first_set_aside(project, monkeypatch, capsys):
     import stages.fetch
     from gradflow.errors import DataError
-    from gradflow.params import DataParams
     monkeypatch.chdir(project)
     raw = project / "data" / "raw"
     raw.mkdir(parents=True)
@@ -370,7 +370,7 @@ def test_a_second_bad_archive_never_overwrites_the_first_set_aside(project, monk
         raise DataError("cannot download CIFAR-100 (offline)")
     monkeypatch.setattr(stages.fetch, "download_cifar100", offline)
     with pytest.raises(DataError, match="offline"):
-        stages.fetch.cifar100_source(DataParams(source="cifar100", val_size=20))
+        stages.fetch.cifar100_source(project_params({"data": {"source": "cifar100", "val_size": 20}}).data)
     assert (raw / "cifar-100-python.tar.gz.corrupt").read_bytes() == b"the user's earlier copy"
     assert (raw / "cifar-100-python.tar.gz.corrupt.1").read_bytes() == b"a new bad archive"
     assert "moved it to data/raw/cifar-100-python.tar.gz.corrupt.1" in capsys.readouterr().err

@@ -34,6 +34,7 @@ from gradflow.theory import input_kernel, predict
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 N = 200
 WITHIN = 10.0
+MODEL = ModelParams(filters=32, stages=3)  # the coursework's width and stages
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def batch():
 
 def measured(variant: Variant, x, y, biases: bool = True) -> dict[str, float]:
     torch.manual_seed(0)
-    model = VGG(variant, ModelParams(filters=32))
+    model = VGG(variant, MODEL)
     if not biases:
         with torch.no_grad():
             for m in model.modules():
@@ -72,7 +73,7 @@ def plain(batch):
     out = {}
     for depth in (8, 38):
         v = Variant(depth=depth)
-        out[depth] = (predict(v, input_kernel=k, batch_size=N), measured(v, x, y))
+        out[depth] = (predict(v, MODEL, input_kernel=k, batch_size=N), measured(v, x, y))
     return out
 
 
@@ -94,8 +95,8 @@ def test_vgg38_first_last_ratio_predicted(plain):
 def test_bias_free_prediction_is_flat_and_matches(batch):
     x, y, k = batch
     v = Variant(depth=38)
-    prediction = predict(v, input_kernel=k, batch_size=N, biases=False)
-    biased = predict(v, input_kernel=k, batch_size=N)
+    prediction = predict(v, MODEL, input_kernel=k, batch_size=N, biases=False)
+    biased = predict(v, MODEL, input_kernel=k, batch_size=N)
     predicted = prediction.first_last_ratio()
     assert 1 / WITHIN < predicted < WITHIN, f"bias-free prediction not flat: {predicted:.3g}"
     assert biased.first_last_ratio() < 1e-10  # the biases make the steps
@@ -109,22 +110,22 @@ def test_bias_free_prediction_is_flat_and_matches(batch):
 def test_batch_norm_within_10x_per_layer(batch):
     x, y, k = batch
     v = Variant(depth=38, batch_norm=True)
-    ratios = off_by(predict(v, input_kernel=k, batch_size=N).mean_abs_grad(), measured(v, x, y))
+    ratios = off_by(predict(v, MODEL, input_kernel=k, batch_size=N).mean_abs_grad(), measured(v, x, y))
     assert max(ratios.values()) < WITHIN, {n: round(r, 1) for n, r in ratios.items() if r >= WITHIN}
 
 
 @pytest.mark.parametrize("switch", [dict(residual=True), dict(residual_reduction=True),
                                     dict(dense=True), dict(deep_supervision=True)])
 def test_no_simple_form_draws_nothing(switch):
-    assert predict(Variant(depth=38, **switch), input_second_moment=1.0, batch_size=N) is None
+    assert predict(Variant(depth=38, **switch), MODEL, input_second_moment=1.0, batch_size=N) is None
 
 
 def test_second_moment_only_names_every_layer_and_keeps_the_random_state():
     state = torch.random.get_rng_state()
     v = Variant(depth=14, init="kaiming")
-    prediction = predict(v, input_second_moment=1.87, batch_size=50, include_bias=True)
+    prediction = predict(v, MODEL, input_second_moment=1.87, batch_size=50, include_bias=True)
     assert torch.equal(state, torch.random.get_rng_state())
-    names = [name for name, _ in probed_parameters(VGG(v, ModelParams(filters=32)), include_bias=True)]
+    names = [name for name, _ in probed_parameters(VGG(v, MODEL), include_bias=True)]
     assert [layer.name for layer in prediction.layers] == names
     for layer in prediction.layers:
         assert math.isfinite(layer.mean_abs_grad) and layer.mean_abs_grad > 0, layer
@@ -149,7 +150,8 @@ for offset in range(10):
     kernel = input_kernel(x)
     digest = hashlib.sha256(kernel.same.numpy().tobytes() + kernel.cross.numpy().tobytes())
     for depth in (8, 38):
-        rows = predict(Variant(depth=depth), ModelParams(), input_kernel=kernel, batch_size=len(x)).layers
+        rows = predict(Variant(depth=depth), ModelParams(filters=32, stages=3), input_kernel=kernel,
+                       batch_size=len(x)).layers
         digest.update(repr([(r.name, r.mean_abs_grad, r.q_in, r.q_out, r.q_back, r.rms_grad) for r in rows]).encode())
     print(digest.hexdigest())
     assert torch.get_num_threads() == int(sys.argv[1])  # the caller's setting is restored

@@ -21,12 +21,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PYTHON, copy_project, kill_after_epoch, rule_verdict, stage, write_params
+from conftest import PYTHON, copy_project, kill_after_epoch, project_params, rule_verdict, stage, write_params
 from gradflow.capture import COLUMNS, GradientCapture, first_last_conv_ratio
 from gradflow.data import Augment, Dataset, Split, synthetic
 from gradflow.probe import probe
 from gradflow.model import VGG, depth_positions, probed_parameters
-from gradflow.params import ModelParams, Variant, parse
+from gradflow.params import ModelParams, Variant
 from gradflow.loss import loss_fn
 from gradflow.training import evaluate
 
@@ -198,7 +198,7 @@ def test_train_writes_every_output(trained):
 
 def small_model(**switches) -> VGG:
     torch.manual_seed(0)
-    return VGG(Variant(depth=8, **switches), ModelParams(filters=8))
+    return VGG(Variant(depth=8, **switches), ModelParams(filters=8, stages=3))
 
 
 def test_capture_matches_direct_computation():
@@ -341,10 +341,10 @@ def test_aux_weight_decays_linearly_over_the_epochs(monkeypatch):
 
     monkeypatch.setattr(fastpath, "loss_fn", spy)
     epochs, steps = 4, 2
-    cfg = parse({"model": {"filters": 4},
-                 "train": {"epochs": epochs, "batch_size": 20, "device": "cpu", "eval_batch_size": 20},
-                 "gradients": {"epochs": [0]},
-                 "variants": {"DSN": {"depth": 8, "deep_supervision": True, "aux_weight": 0.4}}}).run("DSN")
+    cfg = project_params({"model": {"filters": 4},
+                          "train": {"epochs": epochs, "batch_size": 20, "device": "cpu", "eval_batch_size": 20},
+                          "gradients": {"epochs": [0]},
+                          "variants": {"DSN": {"depth": 8, "deep_supervision": True, "aux_weight": 0.4}}}).run("DSN")
     x, y = synthetic(80, 0, stream=0)
     dataset = Dataset(Split(x[:40], y[:40]), Split(x[40:60], y[40:60]), Split(x[60:], y[60:]),
                       [f"c{i}" for i in range(100)], "synthetic")
