@@ -2,9 +2,9 @@
 
 The plots stage (stages/plots.py) reads, for each name under `variants` in params.yaml, metrics/V.json, plots/history/V.csv,
 plots/grad_capture/V.csv and plots/grad_flow/V.csv; the depth sweep's metrics/sweep/*.json;
-and the coursework's published curves in reference/. Writes:
+and the published CIFAR-100 runs in reference/ (gradflow/reference.py). Writes:
 
-  plots/training_curves.png    Figure 1: loss and accuracy per epoch, reference dashed
+  plots/training_curves.png    Figure 1: loss and accuracy per epoch, published runs thin dashed
   plots/gradient_flow.png      Figure 2: mean |grad| per layer, every variant, init and end
   plots/gradient_flow_detail.png   the same per variant, every snapshot, the prediction
   plots/signal_flow.png        mean |grad| and the forward signal share per layer, side by side
@@ -40,11 +40,9 @@ from gradflow.errors import DataError  # noqa: E402
 from gradflow.verdict import CHANCE_ACC, CHANCE_LOSS, learns_threshold, standard_errors  # noqa: E402
 from gradflow.files import atomic_write, read_json, torch_load  # noqa: E402
 from gradflow.model import depth_positions as _depth_positions  # noqa: E402
+from gradflow.reference import TRAIN_IMAGES, PublicRun  # noqa: E402
 
 OUT = paths.PLOTS
-REFERENCE = paths.REFERENCE
-REFERENCE_VARIANTS = ("VGG_08", "VGG_38")
-REFERENCE_VAL_SIZE = 2500  # the coursework's split: 47,500 train / 2,500 validation (reference/README.md)
 MAX_DEPTH_LABELS = 40  # per-layer names on a depth axis: at most this many, the rest thinned
 SWEEP_COLUMNS = ["depth", "fix", "verdict", "final_train_loss", "best_val_acc",
                  "log10_grad_ratio_init", "log10_grad_ratio_final", "log10_grad_ratio_predicted"]  # as in metrics/sweep/*.json
@@ -108,29 +106,6 @@ def run_details(name: str) -> dict:
         print(f"plots: {path} is missing; drawing without its run details", file=sys.stderr)
         return {}
     return torch_load(path, f"rerun its training (dvc repro -f train@{name})").get("run") or {}
-
-
-def load_reference() -> dict[str, pd.DataFrame]:
-    """The coursework's shipped per-epoch curves, numbered from epoch 1 as shipped."""
-    ref = {}
-    for name in REFERENCE_VARIANTS:
-        path = REFERENCE / name / "summary.csv"
-        if not path.is_file():
-            print(f"plots: {path} is missing; no reference curve for {name}", file=sys.stderr)
-            continue
-        table = pd.read_csv(path)
-        table.insert(0, "epoch", np.arange(1, len(table) + 1))
-        ref[name] = table
-    return ref
-
-
-def load_reference_test() -> dict[str, dict]:
-    out = {}
-    for name in REFERENCE_VARIANTS:
-        path = REFERENCE / name / "test_summary.csv"
-        if path.is_file():
-            out[name] = pd.read_csv(path).iloc[-1].to_dict()
-    return out
 
 
 def load_sweep(sweep: P.SweepParams) -> tuple[pd.DataFrame, list[dict]]:
@@ -247,9 +222,6 @@ def panel_grid(n: int, ncols: int, width: float, height: float):
 
 # --- figures -----------------------------------------------------------------------------
 
-REFERENCE_TRAIN_IMAGES = 47_500  # the coursework's training split: one epoch of its curves
-
-
 def images_seen(run: dict) -> np.ndarray:
     """Training images seen at the end of each epoch of one run's history (in thousands); NaN
     where the run details (models/V.pt) that say how many images an epoch had are missing."""
@@ -257,24 +229,26 @@ def images_seen(run: dict) -> np.ndarray:
     return pd.to_numeric(run["history"]["epoch"], errors="coerce").to_numpy() * per_epoch / 1000
 
 
-def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
+def training_curves(runs: dict, published: dict[str, list[PublicRun]], colours: dict) -> Path:
     """Figure 1: 2x2 panels of loss and accuracy against training images seen; our variants
-    solid, the reference dashed at 47,500 images per epoch, so each budget is drawn beside the
-    same amount of the coursework's training."""
-    if not runs and not reference:
+    solid, and beside each the published CIFAR-100 runs of the same variant (gradflow.reference:
+    the coursework's own and students' public runs) thin and dashed in its colour, at 47,500
+    images per epoch, so each budget is drawn beside the same amount of their training."""
+    if not runs:
         return empty_figure("training_curves.png", "Training curves", "no variant has metrics yet")
+    published = {name: published[name] for name in runs if published.get(name)}
     summary = run_summary([r["metrics"] for r in runs.values()])
     panels = [("train_loss", "training loss"), ("val_loss", "validation loss"),
               ("train_acc", "training accuracy"), ("val_acc", "validation accuracy")]
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), sharex=True, layout="constrained")
     seen = [images_seen(r) for r in runs.values() if len(r["history"])]
     ours = max((float(np.nanmax(x)) for x in seen if np.isfinite(x).any()), default=0.0)
-    ref_epochs = max((len(t) for t in reference.values()), default=0)
-    # A short run beside the reference's 100 epochs would be a few pixels wide: the reference
-    # is shown up to the first of its epochs that covers our longest run.
-    clip = min(ref_epochs, max(1, math.ceil(ours * 1000 / REFERENCE_TRAIN_IMAGES))) if runs else None
-    right = max(ours, (clip or ref_epochs) * REFERENCE_TRAIN_IMAGES / 1000)
-    few = sum(len(r["history"]) for r in runs.values()) <= 40 and (clip or ref_epochs) <= 20
+    ref_epochs = max((len(r.curves) for rs in published.values() for r in rs), default=0)
+    # A short run beside the published runs' 100 epochs would be a few pixels wide: they are
+    # shown up to the first of their epochs that covers our longest run.
+    clip = min(ref_epochs, max(1, math.ceil(ours * 1000 / TRAIN_IMAGES)))
+    right = max(ours, clip * TRAIN_IMAGES / 1000)
+    few = sum(len(r["history"]) for r in runs.values()) <= 40 and clip <= 20
     # The legend says which variants learn, from each run's own verdict (metrics/V.json).
     labels_of = {name: f"{name}: {run['metrics']['verdict']}" if run["metrics"].get("verdict") else name
                  for name, run in runs.items()}
@@ -289,11 +263,13 @@ def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
                 ax.plot(images_seen(run), h[column], color=colours[name], lw=1.8,
                         marker="o" if few else None, ms=4, label=labels_of[name])
                 highest = max(highest, float(np.nanmax(pd.to_numeric(h[column], errors="coerce"))))
-        for name, ref in reference.items():
-            shown = ref[ref["epoch"] <= clip] if clip else ref
-            ax.plot(shown["epoch"] * REFERENCE_TRAIN_IMAGES / 1000, shown[column], ls="--", lw=1.4,
-                    color="black" if name == "VGG_08" else "dimgrey",
-                    marker="x" if few else None, ms=5, label=f"reference {name} (coursework)")
+        for name, public_runs in published.items():
+            for ref in public_runs:  # "_": one legend entry for them all, below
+                shown = ref.curves[ref.curves["epoch"] <= clip]
+                if column in shown:
+                    ax.plot(shown["epoch"] * TRAIN_IMAGES / 1000, shown[column], ls="--", lw=0.9,
+                            alpha=0.6, color=colours[name], marker="x" if few else None, ms=4,
+                            label=f"_published {name} ({ref.source})")
         title = label
         if column.endswith("acc"):
             ax.axhline(CHANCE_ACC, color="black", lw=0.7, ls=":")
@@ -306,11 +282,16 @@ def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
                 title += " (log scale)"
         ax.set_title(title)
         ax.set_ylabel(label)
-        ax.set_xlim(0, right * 1.03)
+        if right > 0:  # nothing placed on the axis (no run details, no published run): autoscale
+            ax.set_xlim(0, right * 1.03)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("training images seen (thousands)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
+    if published:
+        handles.append(plt.Line2D([], [], color="grey", lw=0.9, ls="--", alpha=0.6))
+        labels.append("thin dashed: published CIFAR-100 runs of the variant,\n"
+                      "in its colour (coursework + public: reference/README.md)")
     handles.append(plt.Line2D([], [], color="black", lw=0.7, ls=":"))
     labels.append("chance: loss ln(100), accuracy 0.01")
     if bar is not None:
@@ -318,12 +299,14 @@ def training_curves(runs: dict, reference: dict, colours: dict) -> Path:
         labels.append(f"\"learns\" from {bar:.4f}: chance + {standard_errors(bar, n_val):.1f} SE\n"
                       f"(n = {n_val:,}, best of {epochs} epoch{'s' if epochs != 1 else ''})")
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
-    note = (f"; reference shown for its first {clip} epochs" if clip and clip > 1
-            else "; reference shown for its first epoch" if clip else "")
-    shipped = ", ".join(f"{name} {len(t)}" for name, t in reference.items())
-    fig.suptitle(f"Training curves ({summary}){note}\n"
-                 f"dashed: the coursework's published runs (CIFAR-100, {REFERENCE_TRAIN_IMAGES:,} "
-                 f"images per epoch; epochs as shipped: {shipped})", fontsize=10)
+    note = ("" if not published else f"; published runs shown for their first {clip} epochs"
+            if clip > 1 else "; published runs shown for their first epoch")
+    shipped = "; ".join(f"{name} {', '.join(str(len(r.curves)) for r in rs)}"
+                        for name, rs in published.items())
+    caption = (f"thin dashed: published CIFAR-100 runs, coursework + public (reference/README.md), "
+               f"{TRAIN_IMAGES:,} images per epoch\nepochs as shipped: {shipped}" if published
+               else "no published CIFAR-100 run of these variants in reference/")
+    fig.suptitle(f"Training curves ({summary}){note}\n{caption}", fontsize=10)
     return save(fig, "training_curves.png")
 
 

@@ -11,6 +11,7 @@ import sys
 from gradflow import figures as Fg
 from gradflow import params as P
 from gradflow import paths
+from gradflow import reference
 from gradflow import tables as T
 from gradflow.cli import cli
 from gradflow.files import atomic_write, read_json, require_writable, write_text
@@ -50,14 +51,14 @@ def main(argv: list[str]) -> None:
     names = list(params.variants)
     runs = Fg.load_runs(names)
     colours = Fg.variant_colours(names)  # by params order, so a colour means the same variant everywhere
-    reference = Fg.load_reference()
+    published = reference.load()  # the published CIFAR-100 runs, by variant (reference/)
     sweep, sweep_metrics = Fg.load_sweep(params.sweep)
 
-    written = [Fg.training_curves(runs, reference, colours), Fg.gradient_flow(runs, colours),
+    written = [Fg.training_curves(runs, published, colours), Fg.gradient_flow(runs, colours),
                Fg.gradient_flow_detail(runs), Fg.signal_flow(runs, colours), Fg.gradient_heatmap(runs),
                Fg.activations(runs, colours), Fg.depth_sweep(sweep, sweep_metrics)]
     atomic_write(Fg.OUT / "sweep.csv", lambda tmp: sweep.to_csv(tmp, index=False))
-    write_text(Fg.OUT / "results.md", results_markdown(runs, sweep, reference, Fg.load_reference_test(),
+    write_text(Fg.OUT / "results.md", results_markdown(runs, sweep, published, reference.load_test(),
                                                        params.variants))
     written += [Fg.OUT / "sweep.csv", Fg.OUT / "results.md"]
     if write_page():  # `dvc plots show` / `diff` draw offline (gradflow/vega.py); missing in a new clone

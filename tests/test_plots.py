@@ -21,10 +21,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import DVC, copy_project, rule_verdict, run, stage, write_params
+from conftest import DVC, ROOT, copy_project, rule_verdict, run, stage, write_params
 from gradflow import figures as Fg
 from gradflow.model import VGG, depth_positions, probed_parameters
 from gradflow.params import ModelParams, Variant
+from gradflow.reference import COURSEWORK, PublicRun
 from gradflow.verdict import verdict
 
 FIGURES = ["training_curves.png", "gradient_flow.png", "gradient_flow_detail.png", "signal_flow.png",
@@ -154,8 +155,10 @@ def test_results_table_has_a_row_per_variant(plotted):
     init = flow[flow["epoch"] == 0]
     # plain VGG_38 at init: the image's part of the signal falls from the input conv to the logits
     assert init["signal_share"].iloc[0] > 0.1 and init["signal_share"].iloc[-1] < 1e-10, init["signal_share"]
-    assert rows["VGG_38"]["reference"] == "stuck at chance (coursework run)"
-    assert rows["VGG_08"]["reference"] == "learns (coursework run)"
+    # the coursework's runs judged after as many epochs as ours (1): VGG_38's first epoch ends
+    # at train loss 4.86, outside the band of "stuck at chance" (tests/test_reference.py)
+    assert rows["VGG_38"]["reference"] == "undecided (coursework run, after 1 epoch)"
+    assert rows["VGG_08"]["reference"] == "learns (coursework run, after 1 epoch)"
     assert "Verdict rule" in text and "## Summary" in text
     theory = table_rows(text, column="predicted first/last conv")
     predicted, measured = (float(theory["VGG_38"][k]) for k in ("predicted first/last conv", "measured"))
@@ -403,29 +406,60 @@ def drawn(tmp_path, monkeypatch) -> dict:
         Fg.plt.close(fig)
 
 
+def published_run(variant: str, source: str, epochs: int = 100) -> PublicRun:
+    return PublicRun(variant, source, pd.DataFrame({"epoch": range(1, epochs + 1), "train_acc": 0.1,
+                                                    "train_loss": 4.0, "val_acc": 0.1, "val_loss": 4.0}))
+
+
 def test_training_curves_on_images_seen_beside_as_much_reference(drawn):
     runs = {"VGG_08": fake_run("VGG_08", 3, ["c_conv_0"], 1e-3, "learns"),
             "VGG_38": fake_run("VGG_38", 3, ["c_conv_0"], 1e-3, "stuck at chance")}
-    reference = {name: pd.DataFrame({"epoch": range(1, 101), "train_loss": 4.0, "val_loss": 4.0,
-                                     "train_acc": 0.1, "val_acc": 0.1}) for name in ("VGG_08", "VGG_38")}
+    published = {"VGG_08": [published_run("VGG_08", COURSEWORK)],
+                 "VGG_38": [published_run("VGG_38", COURSEWORK), published_run("VGG_38", "someone_repo", 13)],
+                 "VGG_38_BN": [published_run("VGG_38_BN", "other_repo")]}  # no run of ours: not drawn
     colours = Fg.variant_colours(list(runs))
-    Fg.training_curves(runs, reference, colours)
+    Fg.training_curves(runs, published, colours)
     fig = drawn["training_curves.png"]
     loss_ax = fig.axes[0]
     lines = {line.get_label(): line for line in loss_ax.get_lines()}
     assert lines["VGG_08: learns"].get_linestyle() == "-"
     assert lines["VGG_38: stuck at chance"].get_color() == colours["VGG_38"]
-    ref = lines["reference VGG_08 (coursework)"]
-    # 3 epochs of 5,000 images: 15,000 images, drawn beside the reference's first epoch (47,500)
+    assert {label for label in lines if label.startswith("_published")} == {
+        "_published VGG_08 (coursework)", "_published VGG_38 (coursework)", "_published VGG_38 (someone_repo)"}
+    # 3 epochs of 5,000 images: 15,000 images, drawn beside the published runs' first epoch (47,500)
     assert list(lines["VGG_08: learns"].get_xdata()) == [5, 10, 15]
-    assert ref.get_linestyle() == "--" and list(ref.get_xdata()) == [47.5]
-    assert ref.get_color() == "black"
+    for name, source in (("VGG_08", "coursework"), ("VGG_38", "coursework"), ("VGG_38", "someone_repo")):
+        ref = lines[f"_published {name} ({source})"]
+        assert ref.get_linestyle() == "--" and list(ref.get_xdata()) == [47.5]
+        assert ref.get_color() == colours[name]  # thin, faint, in its variant's colour
+        assert ref.get_linewidth() < lines["VGG_08: learns"].get_linewidth() and ref.get_alpha() == 0.6
+    # one legend entry for every published run, none per run
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert sum("published CIFAR-100 runs" in t for t in legend) == 1
+    assert not any(t.startswith("_") for t in legend)
+    assert "coursework + public" in fig._suptitle.get_text()
     assert any(list(line.get_ydata()) == [Fg.CHANCE_LOSS] * 2 for line in loss_ax.get_lines())
     acc_ax = fig.axes[3]
     assert any(list(line.get_ydata()) == [Fg.CHANCE_ACC] * 2 for line in acc_ax.get_lines())
     # the verdict's bar for "learns" at n = 2,500, best of 3 epochs
     assert any(list(line.get_ydata()) == [0.018] * 2 for line in acc_ax.get_lines())
     assert loss_ax.get_xlim()[1] >= 47.5 and "images seen" in fig.axes[2].get_xlabel()
+
+
+def test_training_curves_draw_every_published_run_of_a_variant_drawn(drawn):
+    """The real reference/: every published run of a variant we ran (coursework and public),
+    each clipped to our budget or shorter where it stopped; none of the variants we did not run."""
+    from gradflow import reference
+    run = fake_run("VGG_38_BN_RC", 20, ["c_conv_0"], 1e-3, "learns")
+    run["metrics"]["train_images"] = reference.TRAIN_IMAGES
+    Fg.training_curves({"VGG_38_BN_RC": run}, reference.load(ROOT / "reference"),
+                       Fg.variant_colours(["VGG_38_BN_RC"]))
+    for ax in drawn["training_curves.png"].axes[:4]:
+        drawn_runs = {line.get_label(): len(line.get_xdata()) for line in ax.get_lines()
+                      if line.get_label().startswith("_published")}
+        assert sorted(drawn_runs.values()) == [13, 20, 20], drawn_runs  # one run stopped at 13
+        assert all(label.startswith("_published VGG_38_BN_RC (") for label in drawn_runs)
+    assert "published runs shown for their first 20 epochs" in drawn["training_curves.png"]._suptitle.get_text()
 
 
 def test_gradient_flow_leads_with_every_variant_on_one_axis(drawn):
@@ -469,11 +503,10 @@ def test_training_curves_clip_the_reference_by_history_without_run_details(drawn
     is not squeezed beside the reference's 100 epochs."""
     run = fake_run("VGG_08", 3, ["c_conv_0"], 1e-3)
     run["metrics"] = {}
-    reference = {"VGG_08": pd.DataFrame({"epoch": range(1, 101), "train_loss": 4.0, "val_loss": 4.0,
-                                         "train_acc": 0.1, "val_acc": 0.1})}
-    Fg.training_curves({"VGG_08": run}, reference, Fg.variant_colours(["VGG_08"]))
+    published = {"VGG_08": [published_run("VGG_08", COURSEWORK)]}
+    Fg.training_curves({"VGG_08": run}, published, Fg.variant_colours(["VGG_08"]))
     ax = drawn["training_curves.png"].axes[0]
-    ref = [line for line in ax.get_lines() if line.get_label().startswith("reference")][0]
+    ref = [line for line in ax.get_lines() if line.get_label().startswith("_published")][0]
     assert list(ref.get_xdata()) == [47.5] and ax.get_xlim()[1] < 50
     ours = [line for line in ax.get_lines() if line.get_label() == "VGG_08"][0]
     assert np.isnan(ours.get_xdata()).all()
