@@ -83,61 +83,85 @@ def read_cifar100_archive(archive: Path | str, md5: str = CIFAR100_MD5):
 class StandIn:
     """How the synthetic stand-in is made, and so how hard it is (see `synthetic`).
 
-    The default is calibrated against the coursework's CIFAR-100 curve: VGG_08 trained with the
-    coursework's recipe (47,500 images an epoch, batch 100, Adam 1e-3, cosine over 100 epochs,
-    crop + flip) reaches its validation accuracy at epochs 1-3 (0.025 / 0.060 / 0.095) within
-    1.5 points, and plain VGG_38 stays at chance: `benchmarks/calibrate.py` measures it and
-    benchmarks/README.md has the table. `signal` is the knob that sets the difficulty."""
-    signal: float = 0.57  # the class pattern's share of an image; the rest is clutter
-    prototypes: int = 4  # patterns per class: within-class variety
-    grid: int = 6  # a pattern is a random grid x grid RGB field, upsampled bicubic
-    noise: float = 0.1  # pixel noise (std, in [0, 1] units)
-    shift: int = 3  # a pattern is placed at a random offset of up to `shift` pixels
+    An image is built the way natural images are structured: a background with a natural 1/f
+    spectrum, a colour cast of its own, and a class object, at a random place and contrast.
+    The class shows at two scales: the image's overall colour leans towards its class's colour
+    (`colour`, a global cue any network can pool), and the object is one of the class's
+    `prototypes` patterns (`object`, a local cue only convolutions find)."""
+    colour: float = 1.0  # the class colour's weight in the image's colour cast (per-image cast: 1)
+    object: float = 1.0  # the object's contrast relative to the background's
+    prototypes: int = 4  # objects per class: within-class variety
+    radius: float = 7.0  # the object's size: the std of its Gaussian mask, in pixels
+    jitter: int = 5  # the object's centre lies up to `jitter` pixels from the image's
+    spectrum: float = 1.0  # amplitude falls as 1/f^spectrum (natural images: about 1)
+    noise: float = 0.03  # pixel noise (std, in [0, 1] units)
 
 
 CALIBRATED = StandIn()
 
+# CIFAR-100's per-channel pixel mean and std (train set, [0, 1] units): the stand-in's pixels
+# are mapped to the same first and second moments.
+PIXEL_MEAN = (0.507, 0.487, 0.441)
+PIXEL_STD = (0.267, 0.256, 0.276)
 
-def _smooth_fields(n: int, grid: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """n random smooth RGB fields in about [0, 1], (n, 3, size, size): a uniform random
-    grid x grid upsampled bicubic (in chunks, to keep the memory small)."""
+
+def _spectral_fields(n: int, channels: int, spectrum: float, g: torch.Generator) -> torch.Tensor:
+    """n random (channels, 32, 32) fields with amplitude ~ 1/f^spectrum, each of unit std."""
+    f = torch.sqrt(torch.fft.fftfreq(32)[:, None] ** 2 + torch.fft.rfftfreq(32)[None, :] ** 2)
+    amplitude = 1.0 / f.clamp(min=1 / 32) ** spectrum
+    amplitude[0, 0] = 0.0  # no DC: each field has mean zero, the image's mean comes from its cast
     out = []
     for start in range(0, n, 4096):
-        coarse = torch.rand(min(4096, n - start), 3, grid, grid, generator=g)
-        out.append(torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic",
-                                                   align_corners=False))
-    return torch.cat(out) if out else torch.empty(0, 3, size, size)
+        m = min(4096, n - start)
+        z = torch.randn(m, channels, 32, 17, 2, generator=g)
+        x = torch.fft.irfft2(torch.view_as_complex(z) * amplitude, s=(32, 32))
+        out.append(x / x.flatten(1).std(1).view(-1, 1, 1, 1))
+    return torch.cat(out) if out else torch.empty(0, channels, 32, 32)
 
 
 def synthetic(n: int, seed: int, stream: int, stand_in: StandIn = CALIBRATED):
     """A deterministic, CIFAR-shaped, 100-class stand-in for CIFAR-100, as hard to learn as
     CIFAR-100 over the coursework's first epochs (see `StandIn`).
 
-    Each class has `prototypes` smooth colour patterns; an image is one of its class's patterns,
-    shifted by up to `shift` pixels, mixed with `1 - signal` of clutter (a smooth random field
-    of the same kind as the patterns, its own for every image), at a random brightness, plus
-    pixel noise. The clutter is what makes it hard: it looks like a pattern of no class.
-    `stream` separates train (0) and test (1) images of one seed; the class patterns depend on
-    the seed only.
+    Per image, in units of CIFAR-100's pixel std: a 1/f luminance background with weaker 1/f
+    chroma, scaled by a random contrast; a colour cast, `colour` x its class's colour plus a
+    random colour of its own; one of its class's objects (a 1/f RGB pattern under a Gaussian
+    mask), at a random offset, times `object` x a random contrast; pixel noise. Then mapped to
+    CIFAR-100's per-channel mean and std. `stream` separates train (0) and test (1) images of one
+    seed; the classes' colours and objects depend on the seed only.
     """
     c = stand_in
-    size = 32 + 2 * c.shift
     g = torch.Generator().manual_seed(seed)
-    patterns = _smooth_fields(NUM_CLASSES * c.prototypes, c.grid, size, g)
+    class_colour = torch.randn(NUM_CLASSES, 3, generator=g)
+    objects = _spectral_fields(NUM_CLASSES * c.prototypes, 3, c.spectrum, g)
     g = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (stream + 1))
     labels = torch.randint(NUM_CLASSES, (n,), generator=g)
     which = labels * c.prototypes + torch.randint(c.prototypes, (n,), generator=g)
-    dx, dy = torch.randint(2 * c.shift + 1, (2, n), generator=g)
+    offset = torch.randint(-c.jitter, c.jitter + 1, (n, 2), generator=g)
+    centre = 15.5 + offset.float()
+    ar = torch.arange(32, dtype=torch.float32)
+    mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
     images = torch.empty(n, 3, 32, 32, dtype=torch.uint8)
     for start in range(0, n, 4096):
         part = slice(start, min(n, start + 4096))
         m = part.stop - part.start
-        rows = (dy[part, None] + torch.arange(32))[:, None, :, None]
-        cols = (dx[part, None] + torch.arange(32))[:, None, None, :]
-        pattern = patterns[which[part, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
-        x = c.signal * pattern + (1 - c.signal) * _smooth_fields(m, c.grid, 32, g)
-        x = x * (0.7 + 0.6 * torch.rand(m, 1, 1, 1, generator=g)) + c.noise * torch.randn(m, 3, 32, 32, generator=g)
-        images[part] = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        luminance = _spectral_fields(m, 1, c.spectrum, g)
+        chroma = _spectral_fields(m, 3, c.spectrum, g)
+        background = (luminance + 0.3 * chroma) * (0.4 + 0.8 * torch.rand(m, 1, 1, 1, generator=g))
+        cast = (c.colour * class_colour[labels[part]] + torch.randn(m, 3, generator=g)) * 0.5
+        dy = (ar[None, :] - centre[part, 0:1]) ** 2
+        dx = (ar[None, :] - centre[part, 1:2]) ** 2
+        mask = torch.exp(-(dy[:, :, None] + dx[:, None, :]) / (2 * c.radius ** 2))[:, None]
+        contrast = c.object * (0.5 + torch.rand(m, 1, 1, 1, generator=g))
+        # The object moves with its mask: its (periodic) pattern is rolled by the same offset.
+        rows = ((ar.long()[None, :] - offset[part, 0:1]) % 32)[:, None, :, None]
+        cols = ((ar.long()[None, :] - offset[part, 1:2]) % 32)[:, None, None, :]
+        obj = objects[which[part, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
+        x = (background * (1 - mask) + contrast * obj * mask + cast.view(m, 3, 1, 1)
+             + c.noise / 0.26 * torch.randn(m, 3, 32, 32, generator=g))
+        x = x / 1.2  # the sum above has about 1.2 x unit std: back to CIFAR-100's spread
+        images[part] = ((mean + std * x).clamp(0, 1) * 255).round().to(torch.uint8)
     return images, labels
 
 

@@ -232,14 +232,14 @@ def test_synthetic_labels_cover_the_classes():
 
 
 def test_synthetic_classes_are_distinguishable():
-    """Held-out images are nearer their class's mean training image than chance allows: the
-    source carries a signal a network can learn (measured: 0.41 with 20,000 training images),
-    though the clutter keeps it well below the old easy stand-in's."""
+    """Held-out images are nearer their class's mean training image than chance (0.01) allows:
+    the source carries a signal a network can learn (measured: 0.119 with 10,000 training
+    images), though the moving objects and random backgrounds keep a template far from enough."""
     x, y = synthetic(10_000, seed=0, stream=0)
     means = torch.stack([x[y == c].float().flatten(1).mean(0) for c in range(100)])
     held_x, held_y = synthetic(1000, seed=0, stream=1)
     nearest = torch.cdist(held_x.float().flatten(1), means).argmin(1)
-    assert 0.15 < (nearest == held_y).float().mean() < 0.9
+    assert 0.05 < (nearest == held_y).float().mean() < 0.5
 
 
 def test_synthetic_looks_like_cifar_in_its_pixel_statistics():

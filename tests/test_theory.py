@@ -1,5 +1,8 @@
 """The mean-field theory (gradflow.theory) against the probe at initialisation (issue 17, item 5).
 
+The numbers below were measured on the previous synthetic stand-in (gradflow.data before its
+recalibration against the public runs); the tests' bounds hold on the current one.
+
 200 synthetic images (seed 0, normalised like training), 32 filters, torch.manual_seed(0): the
 predicted mean |grad| of every probed layer (convs, the input BN's weight, the linear layer)
 within 10x of the measured one for plain VGG_08 and VGG_38, and the first/last conv ratio:
