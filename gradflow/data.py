@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from gradflow import paths
+from gradflow.device import single_threaded
 from gradflow.errors import DataError
 from gradflow.files import md5sum, read_json, require_keys, torch_load
 from gradflow.params import DataLimits, data_sources
@@ -119,6 +120,7 @@ def _spectral_fields(n: int, channels: int, spectrum: float, g: torch.Generator)
     return torch.cat(out) if out else torch.empty(0, channels, 32, 32)
 
 
+@single_threaded  # the same pixels whatever the thread count (gradflow.device.one_thread)
 def synthetic(n: int, seed: int, stream: int, stand_in: StandIn = CALIBRATED):
     """A deterministic, CIFAR-shaped, 100-class stand-in for CIFAR-100, as hard to learn as
     CIFAR-100 over the coursework's first epochs (see `StandIn`).

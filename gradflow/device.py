@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -54,3 +55,31 @@ def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
     # must not outlive a captured CUDA graph.
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision),
                           cache_enabled=cache_enabled)
+
+
+@contextmanager
+def one_thread():
+    """Run torch's CPU ops on one thread, then restore the caller's count.
+
+    What is written with all its digits must not depend on how the work is split, and with
+    several threads it does: a reduction adds one partial sum per thread, and an elementwise op's
+    chunks end at thread boundaries, where the vectorised sin/arccos/exp hand over to the scalar
+    ones, which round differently in the last bit (measured, torch 2.14: the mean-field prediction
+    on an Intel Xeon, and the synthetic stand-in's FFTs on an AMD EPYC, where 2.6e-6 of the
+    pixels came out 1 apart between 1 and 2 threads). On one thread every op runs in one fixed
+    order, whatever the machine's thread settings."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def single_threaded(f):
+    """`f` run under `one_thread`."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        with one_thread():
+            return f(*args, **kwargs)
+    return wrapper

@@ -99,13 +99,12 @@ of stage 0, 0.2x low in stage 1 and 17x high in stage 2. Backward second moments
 
 from __future__ import annotations
 
-import functools
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
+from gradflow.device import single_threaded
 from gradflow.model import blocks_per_stage
 from gradflow.verdict import NUM_CLASSES
 from gradflow.params import ModelParams, Variant
@@ -184,32 +183,6 @@ class Prediction:
 
 
 # --- one order of operations -----------------------------------------------------------------
-
-@contextmanager
-def _one_thread():
-    """Run torch's CPU ops on one thread, then restore the caller's count.
-
-    The prediction is written with all its digits (plots/grad_flow/*.csv), so it must not depend
-    on how the work is split. With several threads it does: a reduction adds one partial sum per
-    thread, and an elementwise op's chunks end at thread boundaries, where the vectorised
-    sin/arccos hand over to the scalar ones, which round differently in the last bit (measured,
-    Intel Xeon, torch 2.14: VGG_08's and VGG_38's predictions differ between 1 and 2 threads, the
-    same for every run at one count). On one thread every op runs in one fixed order, whatever the
-    machine's thread settings; it costs about a second per gradients stage."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _single_threaded(f):
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        with _one_thread():
-            return f(*args, **kwargs)
-    return wrapper
 
 
 # --- operations on covariances ------------------------------------------------------------
@@ -329,7 +302,7 @@ def _gram(rows: torch.Tensor, block: int = 64) -> torch.Tensor:
     return out
 
 
-@_single_threaded
+@single_threaded
 def input_kernel(images: torch.Tensor) -> Kernel:
     """The input's covariance measured from a batch of normalised images (N, C, H, W)."""
     n, c, h, w = images.shape
@@ -446,7 +419,7 @@ def supported(variant: Variant) -> bool:
     return not (variant.dense or variant.deep_supervision or variant.residual or variant.residual_reduction)
 
 
-@_single_threaded
+@single_threaded
 def predict(variant: Variant, model: ModelParams, *, input_second_moment: float | None = None,
             input_kernel: Kernel | None = None, batch_size: int, biases: bool = True,
             include_bias: bool = False, classes: int = NUM_CLASSES) -> Prediction | None:
