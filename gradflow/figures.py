@@ -223,10 +223,8 @@ def panel_grid(n: int, ncols: int, width: float, height: float):
 # --- figures -----------------------------------------------------------------------------
 
 def images_seen(run: dict) -> np.ndarray:
-    """Training images seen at the end of each epoch of one run's history (in thousands); NaN
-    where the run details (models/V.pt) that say how many images an epoch had are missing."""
-    per_epoch = run["metrics"].get("train_images") or math.nan
-    return pd.to_numeric(run["history"]["epoch"], errors="coerce").to_numpy() * per_epoch / 1000
+    """Training images seen at each point of one run's curves, in thousands."""
+    return pd.to_numeric(run["history"]["images_seen"], errors="coerce").to_numpy() / 1000
 
 
 def training_curves(runs: dict, published: dict[str, list[PublicRun]], colours: dict) -> Path:
@@ -248,7 +246,7 @@ def training_curves(runs: dict, published: dict[str, list[PublicRun]], colours: 
     # shown up to the first of their epochs that covers our longest run.
     clip = min(ref_epochs, max(1, math.ceil(ours * 1000 / TRAIN_IMAGES)))
     right = max(ours, clip * TRAIN_IMAGES / 1000)
-    few = sum(len(r["history"]) for r in runs.values()) <= 40 and clip <= 20
+    few = max((len(r["history"]) for r in runs.values()), default=0) <= 30 and clip <= 20
     # The legend says which variants learn, from each run's own verdict (metrics/V.json).
     labels_of = {name: f"{name}: {run['metrics']['verdict']}" if run["metrics"].get("verdict") else name
                  for name, run in runs.items()}
@@ -289,9 +287,9 @@ def training_curves(runs: dict, published: dict[str, list[PublicRun]], colours: 
         ax.set_xlabel("training images seen (thousands)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if published:
-        handles.append(plt.Line2D([], [], color="grey", lw=0.9, ls="--", alpha=0.6))
-        labels.append("thin dashed: published CIFAR-100 runs of the variant,\n"
-                      "in its colour (coursework + public: reference/README.md)")
+        handles.append(plt.Line2D([], [], color="grey", lw=0.9, ls="--", alpha=0.6, marker="x" if few else None))
+        labels.append(f"{'x, joined thin dashed' if few else 'thin dashed'}: published CIFAR-100 runs\n"
+                      f"of the variant after each epoch, in its colour\n(coursework + public: reference/README.md)")
     handles.append(plt.Line2D([], [], color="black", lw=0.7, ls=":"))
     labels.append("chance: loss ln(100), accuracy 0.01")
     if bar is not None:
@@ -303,7 +301,7 @@ def training_curves(runs: dict, published: dict[str, list[PublicRun]], colours: 
             if clip > 1 else "; published runs shown for their first epoch")
     shipped = "; ".join(f"{name} {', '.join(str(len(r.curves)) for r in rs)}"
                         for name, rs in published.items())
-    caption = (f"thin dashed: published CIFAR-100 runs, coursework + public (reference/README.md), "
+    caption = (f"{'x' if few else 'thin dashed'}: published CIFAR-100 runs, coursework + public (reference/README.md), "
                f"{TRAIN_IMAGES:,} images per epoch\nepochs as shipped: {shipped}" if published
                else "no published CIFAR-100 run of these variants in reference/")
     fig.suptitle(f"Training curves ({summary}){note}\n{caption}", fontsize=10)
@@ -381,7 +379,9 @@ def signal_flow(runs: dict, colours: dict) -> Path:
     init_and_end(share_ax, runs, colours, "signal_share")
     share_ax.set_ylabel("signal share of the layer's output (0: the same for every image)")
     share_ax.set_title("forward: how much of each layer's output depends on the image")
-    share_ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    # Below the panels, inside the canvas: a legend beside them is cut at the figure's edge.
+    handles, labels = share_ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=min(len(runs), 5))
     fig.suptitle(f"Gradient flow and forward signal on the probe batch, solid at initialisation, "
                  f"dashed at the last snapshot ({summary})", fontsize=11)
     return save(fig, "signal_flow.png")
@@ -402,6 +402,12 @@ def gradient_flow_detail(runs: dict) -> Path:
     width = max(6.0, 1.2 + 0.17 * n_labels)
     fig, axes = panel_grid(len(flows), 3 if width < 8 else 2, width, 5.0)
     all_epochs = sorted({int(e) for f in flows.values() for e in f["epoch"].unique()})
+    # One y scale for every panel: a plain VGG_38 falling 1e-14 and a BN one falling 10x look
+    # alike on scales of their own.
+    drawn = np.concatenate([positive(f[c]) for f in flows.values()
+                            for c in ("mean_abs_grad", "predicted_mean_abs_grad") if c in f])
+    drawn = drawn[np.isfinite(drawn)]
+    y_range = (drawn.min() / 3, drawn.max() * 3) if drawn.size else None
     epoch_colour = dict(zip(all_epochs, plt.get_cmap("viridis")(np.linspace(0, 0.85, len(all_epochs)))))
     for ax, (name, flow) in zip(axes, flows.items()):
         flow = flow.sort_values(["epoch", "layer_index"])
@@ -419,6 +425,8 @@ def gradient_flow_detail(runs: dict) -> Path:
         ax.set_xticks(ticks)
         ax.set_xticklabels(names, rotation=45, ha="right", rotation_mode="anchor", fontsize=7)
         ax.set_xlim(0.3, deepest + 0.9)  # the same x range in every panel
+        if y_range is not None:
+            ax.set_ylim(*y_range)
         ax.set_title(f"{name}: {runs[name]['metrics'].get('verdict', '?')}", fontsize=11, fontweight="bold")
         ax.set_ylabel("mean |grad| of the layer's weights")
         ax.set_xlabel("layer depth (BN, transition, aux layers at +0.5)", fontsize=9)
@@ -428,39 +436,48 @@ def gradient_flow_detail(runs: dict) -> Path:
     return save(fig, "gradient_flow_detail.png")
 
 
+def sample_edges(seen: np.ndarray) -> np.ndarray:
+    """Cell edges around the sampled positions `seen` (sorted): halfway between neighbours."""
+    if len(seen) == 1:
+        return np.array([seen[0] - 0.5, seen[0] + 0.5])
+    mid = (seen[1:] + seen[:-1]) / 2
+    return np.concatenate([[2 * seen[0] - mid[0]], mid, [2 * seen[-1] - mid[-1]]])
+
+
 def gradient_heatmap(runs: dict) -> Path:
-    """log10 mean |grad|, layers down, epochs across; each epoch is the mean of its samples.
-    One colour scale for every panel, so the variants compare at a glance."""
+    """log10 mean |grad|, layers down, the sampled steps across (at the curves' points, so the
+    columns line up with Figure 1's x axis). One colour scale for every panel."""
     grids = {}
     for name, run in runs.items():
         cap = run["capture"]
         if cap.empty:
             continue
         cap = cap.assign(mean_abs_grad=positive(cap["mean_abs_grad"]))
-        grid = cap.pivot_table(index="layer_index", columns="epoch", values="mean_abs_grad",
+        grid = cap.pivot_table(index="layer_index", columns="step", values="mean_abs_grad",
                                aggfunc="mean", dropna=False)
-        grids[name] = (np.log10(grid), layer_labels(cap))
+        batch = run["metrics"].get("batch_size")
+        seen = grid.columns.to_numpy(dtype=float) * (batch / 1000 if batch else 1.0)
+        grids[name] = (np.log10(grid), layer_labels(cap), seen, bool(batch))
     if not grids:
         return empty_figure("gradient_heatmap.png", "Gradient heatmap",
                             "no training capture yet (plots/grad_capture/ is empty)")
     summary = run_summary([r["metrics"] for r in runs.values()])
-    values = np.concatenate([g.to_numpy().ravel() for g, _ in grids.values()])
+    values = np.concatenate([g[0].to_numpy().ravel() for g in grids.values()])
     values = values[np.isfinite(values)]
     vmin, vmax = (values.min(), values.max()) if values.size else (-1, 0)
-    most_layers = max(len(labels) for _, labels in grids.values())
+    most_layers = max(len(g[1]) for g in grids.values())
     fig, axes = panel_grid(len(grids), 4, 4.2, 1.4 + 0.09 * most_layers)
     image = None
-    for ax, (name, (grid, labels)) in zip(axes, grids.items()):
-        epochs = grid.columns.to_numpy()
-        image = ax.imshow(grid.to_numpy(), aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
-                          interpolation="nearest",
-                          extent=(epochs.min() - 0.5, epochs.max() + 0.5, len(labels) - 0.5, -0.5))
+    for ax, (name, (grid, labels, seen, in_images)) in zip(axes, grids.items()):
+        image = ax.pcolormesh(sample_edges(seen), np.arange(len(labels) + 1) - 0.5, grid.to_numpy(),
+                              cmap="magma", vmin=vmin, vmax=vmax)
+        ax.set_ylim(len(labels) - 0.5, -0.5)
         ax.set_yticks(range(len(labels)))
         ax.set_yticklabels(labels, fontsize=5 if len(labels) > 20 else 7)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+        ax.set_xlabel("training images seen (thousands)" if in_images else "training step")
         ax.set_title(name, fontsize=10, fontweight="bold")
-    fig.colorbar(image, ax=axes, shrink=0.5, label="log10 mean |grad| (mean of the epoch's samples)")
+    fig.colorbar(image, ax=axes, shrink=0.5, label="log10 mean |grad| at the sampled step")
     fig.suptitle(f"Gradients during training, layer by layer ({summary})", fontsize=12)
     return save(fig, "gradient_heatmap.png")
 
@@ -496,7 +513,9 @@ def activations(runs: dict, colours: dict) -> Path:
 def depth_sweep(sweep: pd.DataFrame, metrics: list[dict]) -> Path:
     if sweep.empty:
         return empty_figure("depth_sweep.png", "Depth sweep",
-                            "no sweep results (metrics/sweep/ is empty): run the sweep stages")
+                            "no sweep results (metrics/sweep/ is empty). Fill it with, e.g.:\n"
+                            "dvc exp run -S 'sweep.depths=[8,20,38]' -S sweep.epochs=1\n"
+                            "(after the quick start: python -m gradflow.quickstart --rest)")
     fig, (loss_ax, ratio_ax) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
     fix_colours = variant_colours(sorted(sweep["fix"].unique()))
     for fix, rows in sweep.groupby("fix"):

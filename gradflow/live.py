@@ -3,12 +3,13 @@ stage: dvc.yaml declares `dvclive/<V>/metrics.json` as a metric of train@<V> (ca
 so `dvc exp show` and `dvc metrics show` read it while the variant trains.
 
 - Created when training starts (DVCLive clears the folder then), so a run in progress never
-  shows the previous experiment's numbers; rewritten after every epoch with that epoch's
-  numbers (`step` = the epoch).
+  shows the previous experiment's numbers; rewritten after every point of the curves
+  (train.eval_every images, and each epoch's end) with that point's numbers (`step` = training
+  images seen), so `dvc exp show` moves inside the first epoch.
 - No timings in it and no timestamps (`log_metric(..., timestamp=False)`): it is a DVC output,
   and equal runs must write equal bytes. The run's timings go to `dvclive/<V>/timings.json`
-  beside it (git-ignored, not an output); the per-epoch curves are plots/history/<V>.csv, which
-  the train stage also rewrites every epoch (no DVCLive .tsv copies of the same numbers).
+  beside it (git-ignored, not an output); the curves are plots/history/<V>.csv, which the train
+  stage also rewrites at every point (no DVCLive .tsv copies of the same numbers).
 """
 
 from __future__ import annotations
@@ -43,18 +44,18 @@ class LiveLog:
         else:  # the same file DVCLive writes
             write_json(self.dir / "metrics.json", values)
 
-    def epoch(self, history: list[dict]) -> None:
-        """Log the rows of `history` not logged yet (all of them after a resume: the log is
-        rewritten from the checkpoint's history, so it never holds an epoch twice)."""
+    def point(self, points: list[dict]) -> None:
+        """Log the points not logged yet (all of them after a resume: the log is rewritten
+        from the checkpoint's points, so it never holds a point twice)."""
         if not self.enabled:
             return
-        for row in history[self.logged:]:
+        for row in points[self.logged:]:
             if self.live is not None:
-                self.live.step = row["epoch"]
+                self.live.step = row["images_seen"]
                 for key in LIVE_METRICS:
                     self.live.log_metric(key, row[key], plot=False)
-            self.summary({**{key: row[key] for key in LIVE_METRICS}, "step": row["epoch"]})
-        self.logged = len(history)
+            self.summary({**{key: row[key] for key in LIVE_METRICS}, "step": row["images_seen"]})
+        self.logged = len(points)
 
     def end(self, timings: dict) -> None:
         if self.enabled:

@@ -76,7 +76,8 @@ class TrainParams:
     batch_size: int = field(metadata=_check(1))
     lr: float = field(metadata=_check(0, exclusive_min=True))
     weight_decay: float = field(metadata=_check(0))
-    optimizer: Literal["adam", "sgd"]  # sgd: momentum 0.9, no per-parameter scaling
+    optimizer: Literal["adam", "sgd"]  # sgd: with `momentum`, no per-parameter scaling
+    momentum: float = field(metadata=_check(0, 1))  # SGD's momentum (optimizer: sgd only)
     # Adam divides by sqrt(v) + eps: gradients far below eps (VGG_38's first layers: 1e-18)
     # get updates of ~lr * g / eps, i.e. none. A tiny eps makes Adam scale-invariant there too.
     adam_eps: float = field(metadata=_check(0, exclusive_min=True))
@@ -88,6 +89,10 @@ class TrainParams:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     eval_batch_size: int = field(metadata=_check(1))
+    # Curves inside an epoch: every `eval_every` training images, a point (the training loss and
+    # accuracy since the last point, validation on the first `eval_subset` images); 0: epoch ends only.
+    eval_every: int = field(metadata=_check(0))
+    eval_subset: int = field(metadata=_check(1))
     # auto: bf16 autocast on CUDA, fp32 elsewhere. fast: also bf16 on a CPU with native bf16
     # (AVX512-BF16, AMX: ~1.9x faster for VGG_38), fp32 on one without (there bf16 is ~10x slower).
     precision: Literal["auto", "fast", "fp32", "bf16"]
@@ -126,7 +131,7 @@ class Variant:
 @dataclass(frozen=True)
 class CaptureParams:
     """The `gradients` settings that training reads (the capture and the weight snapshots)."""
-    every_n_steps: Union[Literal["auto"], int]  # auto: about 10 samples per epoch
+    every_n_steps: Union[Literal["auto"], int]  # auto: at the points (train.eval_every), else ~10 an epoch
     epochs: tuple[Union[int, Literal["last"]], ...]  # weight snapshots
     include_bias: bool
 

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from gradflow.errors import DataError
 
-HISTORY_COLUMNS = ("variant", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+# plots/history/<variant>.csv: a row per point of the curves (gradflow.training.Training.point),
+# every train.eval_every images and at each epoch's end (val_images: all of validation there).
+HISTORY_COLUMNS = ("variant", "epoch", "images_seen", "train_loss", "train_acc", "val_loss", "val_acc",
+                   "val_images", "lr")
 STATS = ("mean_abs_grad", "grad_norm", "max_abs_grad", "weight_norm", "update_ratio")
 CAPTURE_COLUMNS = ("variant", "epoch", "step", "layer_index", "layer") + STATS + ("depth",)
 ACTIVATION_COLUMNS = ("act_mean", "act_std", "act_nonpos_frac", "signal_share")  # gradflow/probe.py

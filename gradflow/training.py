@@ -5,7 +5,7 @@ uint8 dataset on it, build the model and the optimizer), restore (resume from a 
 start over), one epoch (augment the whole training set with a few tensor ops, take optimizer
 steps without syncing with the host), end of epoch (evaluate, keep the best-validation
 weights, save; stop on divergence: see `diverged`), finish (the test set). The host reads the
-device once per epoch.
+device once per epoch, and once at each point of the curves inside it (train.eval_every).
 
 Under torchrun (WORLD_SIZE > 1) each process takes its shard of every global batch and
 DistributedDataParallel all-reduces the gradients; only rank 0 writes anything.
@@ -81,6 +81,7 @@ class ResumeState:
     rng: torch.Tensor
     train_seconds: float
     history: list
+    points: list
     best_epoch: int
     best_state: dict | None
     capture_rows: list
@@ -129,7 +130,7 @@ class Checkpoint:
 
 @dataclass
 class Result:
-    history: list[dict]
+    history: list[dict]  # one row per epoch: what the verdict, the metrics and the best weights read
     capture_rows: list[tuple]
     layer_names: list[str]
     best_state: dict | None
@@ -143,6 +144,7 @@ class Result:
     device: str = "cpu"
     n_train: int = 0  # training images per epoch
     n_val: int = 0  # validation images each epoch is evaluated on (the verdict's n)
+    points: list[dict] = field(default_factory=list)  # the curves' points: see Training.point
 
     def grad_ratios(self) -> dict:
         """first/last conv mean |grad| at the first and the last sampled step, as log10."""
@@ -175,6 +177,7 @@ class Result:
         return {"variant": cfg.name, "status": self.status, "diverged_epoch": self.diverged_epoch,
                 "data_source": source, "epochs": cfg.train.epochs, "epochs_run": len(self.history),
                 "best_epoch": self.best_epoch, "params": self.num_params, "device": self.device,
+                "batch_size": cfg.train.batch_size,
                 "train_images": self.n_train, "val_images": self.n_val,
                 "precision": "bf16" if uses_bf16(torch.device(self.device), cfg.train.precision) else "fp32"}
 
@@ -213,23 +216,28 @@ def evaluate(model: torch.nn.Module, split: Split, augment: Augment, batch_size:
 
 
 def capture_every(cfg: RunConfig, steps_per_epoch: int) -> int:
-    every = cfg.gradients.every_n_steps
-    return max(1, steps_per_epoch // 10) if every == "auto" else every
+    """gradients.every_n_steps; auto: at the curves' points (train.eval_every images apart),
+    else about 10 samples an epoch."""
+    every, t = cfg.gradients.every_n_steps, cfg.train
+    if every != "auto":
+        return every
+    return max(1, t.eval_every // t.batch_size if t.eval_every else steps_per_epoch // 10)
 
 
 def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None, checkpoint: Path | None = None,
-        capture: bool = True, progress: str = "", on_epoch=None, stop_after: int | None = None) -> Result:
+        capture: bool = True, progress: str = "", on_point=None, stop_after: int | None = None) -> Result:
     """Train one variant. With `workdir`, save weight snapshots at the configured epochs and a
-    resume checkpoint after every epoch there. `on_epoch(history)` is called after each epoch
-    (rank 0). `stop_after` ends the run after that many epochs of its schedule (the
+    resume checkpoint after every epoch there. With `on_point`, the run also stops every
+    train.eval_every images inside an epoch to evaluate a point of its curves, and calls
+    `on_point(points)` (rank 0) after each point and each epoch's end. `stop_after` ends the run after that many epochs of its schedule (the
     calibration: the first 3 of the coursework's 100). The steps below, in the order they run:
     build (and restore), then one epoch and its end until the last epoch or a divergence, then finish."""
     run = Training.build(cfg, dataset, workdir, progress, checkpoint)
     epoch = run.start_epoch
     try:
         for epoch in range(run.start_epoch + 1, min(cfg.train.epochs, stop_after or cfg.train.epochs) + 1):
-            totals = run.one_epoch(epoch, capture)
-            if not run.end_of_epoch(epoch, totals, on_epoch):
+            totals = run.one_epoch(epoch, capture, on_point)
+            if not run.end_of_epoch(epoch, totals, on_point):
                 break
         return run.finish()
     except (KeyboardInterrupt, Interrupted) as e:  # Ctrl-C, SIGTERM: say where it stopped (gradflow.cli)
@@ -239,11 +247,22 @@ def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None, checkp
 @dataclass
 class EpochTotals:
     """What one epoch of optimizer steps leaves for its end: the training loss and accuracy
-    (read from the device once), the learning rate it used, and when it started."""
+    (read from the device once), the learning rate it used, and when it started; `since` holds
+    the loss sum, correct count and images at the epoch's last point inside it (zeros: none)."""
     train_loss: float
     train_acc: float
     lr: float
     started: float
+    since: tuple[float, float, int] = (0.0, 0.0, 0)
+
+
+def point_steps(n: int, batch: int, every: int) -> set[int]:
+    """The steps of an epoch (0-based) after which `every` more training images have been seen:
+    a point of the curves follows each. The last step is left out: the epoch's end is a point."""
+    if every <= 0:
+        return set()
+    steps = -(-n // batch)
+    return {i for i in range(steps - 1) if (i + 1) * batch // every > i * batch // every}
 
 
 def save_snapshot(workdir: Path, epoch: int, weights: dict) -> None:
@@ -303,7 +322,7 @@ class Training:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         probed = probed_parameters(model, cfg.gradients.include_bias)
         if t.optimizer == "sgd":
-            optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=0.9,
+            optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
                                         weight_decay=t.weight_decay)
         else:
             optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps,
@@ -337,6 +356,7 @@ class Training:
             scheduler.load_state_dict(state.scheduler)
             torch.set_rng_state(state.rng)
             result.history, result.best_epoch, result.best_state = state.history, state.best_epoch, state.best_state
+            result.points = state.points
             grad_capture.rows = [tuple(r) for r in state.capture_rows]
             snapshot_states = state.snapshots
             if writes:  # the snapshots so far: DVC may have removed them with the output folder
@@ -366,8 +386,9 @@ class Training:
 
     # --- 3. one epoch: augment the training set, take the optimizer steps -------------------
 
-    def one_epoch(self, epoch: int, capture: bool) -> EpochTotals:
-        """All of an epoch's steps without a host sync; the loss and accuracy are read once."""
+    def one_epoch(self, epoch: int, capture: bool, on_point=None) -> EpochTotals:
+        """All of an epoch's steps without a host sync; the loss and accuracy are read once,
+        and once more at each point inside the epoch (with `on_point`)."""
         t, dist, device = self.cfg.train, self.dist, self.device
         started = time.perf_counter()
         self.model.train()
@@ -378,6 +399,9 @@ class Training:
         steps_per_epoch = -(-n // batch)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
+        points = point_steps(n, batch, t.eval_every) if on_point is not None else set()
+        lr = self.scheduler.get_last_lr()[0]
+        since = (0.0, 0.0, 0)
         desc = f"{self.progress}{self.cfg.name} epoch {epoch}/{t.epochs}"
         # A bar in a terminal; where stderr is not one (DVC's log, CI, a file) a line every
         # PROGRESS_SECONDS instead. Both count steps only: no host sync.
@@ -403,20 +427,51 @@ class Training:
                 self.grad_capture.after_step()
             loss_sum += main_sum
             correct += (logits.detach().argmax(1) == y).sum()
+            if i in points:
+                since = self.point(epoch, lo + batch, loss_sum, correct, since, lr, on_point)
         if dist.world > 1:
             import torch.distributed as tdist
             tdist.all_reduce(loss_sum)
             tdist.all_reduce(correct)
         train_loss, train_acc = loss_sum.item() / n, correct.item() / n  # the epoch's host sync
         self.train_seconds += time.perf_counter() - started
-        lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.grad_capture.end_epoch(epoch)
-        return EpochTotals(train_loss, train_acc, lr, started)
+        return EpochTotals(train_loss, train_acc, lr, started, since)
+
+    def point(self, epoch: int, seen: int, loss_sum: torch.Tensor, correct: torch.Tensor,
+              since: tuple[float, float, int], lr: float, on_point) -> tuple[float, float, int]:
+        """A point of the curves after `seen` images of the epoch: the training loss and
+        accuracy since the last point and the first train.eval_subset validation images; the
+        steps' own time excludes it. Returns the sums it was taken at, for the next one."""
+        paused = time.perf_counter()
+        sums = torch.stack([loss_sum, correct.to(loss_sum.dtype)])
+        if self.dist.world > 1:
+            import torch.distributed as tdist
+            tdist.all_reduce(sums)
+        loss_total, correct_total = sums.tolist()  # the point's host sync
+        t = self.cfg.train
+        subset = Split(self.val.images[:t.eval_subset], self.val.labels[:t.eval_subset])
+        v = evaluate(self.model, subset, self.augment, t.eval_batch_size, self.device,
+                     self.channels_last, t.precision)
+        self.model.train()
+        self._add_point(epoch, seen, (loss_total - since[0]) / (seen - since[2]),
+                        (correct_total - since[1]) / (seen - since[2]), v, len(subset), lr, on_point)
+        self.train_seconds -= time.perf_counter() - paused
+        return loss_total, correct_total, seen
+
+    def _add_point(self, epoch: int, seen: int, train_loss: float, train_acc: float, v: dict,
+                   val_images: int, lr: float, on_point) -> None:
+        self.result.points.append({
+            "epoch": epoch, "images_seen": (epoch - 1) * len(self.train_y) + seen,
+            "train_loss": train_loss, "train_acc": train_acc, "val_loss": v["loss"], "val_acc": v["acc"],
+            "val_images": val_images, "lr": lr})
+        if self.dist.main and on_point is not None:  # live progress (rank 0): the points so far
+            on_point(self.result.points)
 
     # --- 4. end of epoch: validate, record, keep the best, save; stop on divergence ---------
 
-    def end_of_epoch(self, epoch: int, totals: EpochTotals, on_epoch=None) -> bool:
+    def end_of_epoch(self, epoch: int, totals: EpochTotals, on_point=None) -> bool:
         """Record the epoch and save what a resume needs. False: the run diverged and stops (a
         non-finite loss leaves no record; a finite one far above chance is recorded first)."""
         t, result, name = self.cfg.train, self.result, self.cfg.name
@@ -434,8 +489,10 @@ class Training:
             print(f"train: {self.progress}{name} epoch {epoch}/{t.epochs}: loss {totals.train_loss:.4f} "
                   f"acc {totals.train_acc:.4f} | val loss {v['loss']:.4f} acc {v['acc']:.4f} | "
                   f"{result.history[-1]['epoch_seconds']:.1f}s", file=sys.stderr)
-            if on_epoch is not None:  # live progress (rank 0): the history so far
-                on_epoch(result.history)
+        n, (loss_before, correct_before, seen_before) = len(self.train_y), totals.since
+        self._add_point(epoch, n, (totals.train_loss * n - loss_before) / (n - seen_before),
+                        (totals.train_acc * n - correct_before) / (n - seen_before), v, len(self.val),
+                        totals.lr, on_point)
         if is_divergent(totals.train_loss):  # the rule in gradflow/verdict.py; the run stops here
             return self._stop_diverged(epoch, totals.train_loss)
         if self.workdir and self.dist.main:
@@ -444,7 +501,8 @@ class Training:
             self.ckpt.save(ResumeState(
                 epoch=epoch, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                 scheduler=self.scheduler.state_dict(), rng=torch.get_rng_state(),
-                train_seconds=self.train_seconds, history=result.history, best_epoch=result.best_epoch,
+                train_seconds=self.train_seconds, history=result.history, points=result.points,
+                best_epoch=result.best_epoch,
                 best_state=result.best_state, capture_rows=self.grad_capture.rows,
                 snapshots=self.snapshot_states))
             self.saved_epoch = epoch

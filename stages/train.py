@@ -1,4 +1,4 @@
-"""train stage: one variant -> its model, metrics, per-epoch history and gradient capture.
+"""train stage: one variant -> its model, metrics, learning curves and gradient capture.
 
     python -m stages.train VGG_38          (dvc.yaml runs it as train@VGG_38)
     torchrun --standalone --nproc_per_node 2 -m stages.train VGG_38
@@ -12,8 +12,9 @@ Outputs, for variant V:
   models/.resume/V.pt            resume state, rewritten every epoch (not a DVC output)
   metrics/V.json                 the headline: verdict, test / best val / final train scores,
                                  log10 first/last-conv gradient ratio at init and at the end
-  plots/history/V.csv            one row per epoch (rewritten after every epoch)
-  dvclive/V/metrics.json         DVCLive: the last epoch's numbers, from the start of the run
+  plots/history/V.csv            a row per point: every train.eval_every images and at each
+                                 epoch's end (rewritten after every point)
+  dvclive/V/metrics.json         DVCLive: the latest point's numbers, from the start of the run
   dvclive/V/timings.json         seconds per epoch, images per second (not an output)
   plots/grad_capture/V.csv       sampled per-layer gradient statistics, long format
 """
@@ -35,8 +36,8 @@ from gradflow.training import Result, fit
 
 
 
-def write_history(name: str, history: list[dict]) -> None:
-    write_csv(paths.history(name), HISTORY_COLUMNS, [[name] + [h[c] for c in HISTORY_COLUMNS[1:]] for h in history])
+def write_history(name: str, points: list[dict]) -> None:
+    write_csv(paths.history(name), HISTORY_COLUMNS, [[name] + [p[c] for c in HISTORY_COLUMNS[1:]] for p in points])
 
 
 def write_outputs(cfg: P.RunConfig, result: Result, source: str) -> dict:
@@ -44,7 +45,7 @@ def write_outputs(cfg: P.RunConfig, result: Result, source: str) -> dict:
     metrics = result.metrics()
     torch_save(paths.model(cfg.name), {"model": result.best_state, "config": cfg.to_dict(),
                                        "run": result.summary(cfg, source)})
-    write_history(cfg.name, result.history)
+    write_history(cfg.name, result.points)
     write_csv(paths.grad_capture(cfg.name), COLUMNS, [(cfg.name, *r) for r in result.capture_rows])
     write_json(paths.metrics(cfg.name), metrics)  # last: its presence means the rest is complete
     return metrics
@@ -79,11 +80,11 @@ def main(argv: list[str]) -> None:
     dataset = load_dataset(cfg.data)
     live = LiveLog(cfg.name, enabled=int(os.environ.get("RANK", 0)) == 0)
 
-    def on_epoch(history: list[dict]) -> None:  # rank 0, after every epoch: what a run in progress shows
-        write_history(cfg.name, history)        # `dvc plots show`
-        live.epoch(history)                     # `dvc exp show`, `dvc metrics show`
+    def on_point(points: list[dict]) -> None:  # rank 0, after every point: what a run in progress shows
+        write_history(cfg.name, points)         # `dvc plots show`
+        live.point(points)                      # `dvc exp show`, `dvc metrics show`
 
-    result = fit(cfg, dataset, workdir=workdir, checkpoint=paths.checkpoint(cfg.name), on_epoch=on_epoch)
+    result = fit(cfg, dataset, workdir=workdir, checkpoint=paths.checkpoint(cfg.name), on_point=on_point)
     import torch.distributed as dist
     if dist.is_initialized():  # under torchrun: the collectives are over; only rank 0 writes
         rank = dist.get_rank()

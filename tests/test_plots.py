@@ -37,6 +37,8 @@ SWEEP_COLUMNS = ["depth", "fix", "verdict", "final_train_loss", "best_val_acc",
 SMALL = {
     "data": {"synthetic_train_size": 200, "synthetic_test_size": 50, "val_size": 50},
     "model": {"filters": 8},  # a narrow net: the plots need every table, not accuracy
+    # 150 training images in 15 steps, a point every 15: 10 points an epoch, as a quick start's
+    "train": {"batch_size": 10, "eval_every": 15, "eval_subset": 20},
     "gradients": {"probe_size": 20},
     "sweep": {"depths": [8], "fixes": ["none", "bn_rc"], "epochs": 1},
 }
@@ -150,7 +152,7 @@ def test_results_table_has_a_row_per_variant(plotted):
         signal = json.loads((plotted / "metrics" / "signal" / f"{variant}.json").read_text())
         assert set(signal) == {"signal_share_init", "signal_share_final"}
         assert all(0 <= v <= 1 for v in signal.values()), signal
-        assert row["signal share at init"] == f"{signal['signal_share_init']:.2g}"
+        assert row["signal share at init (probe)"] == f"{signal['signal_share_init']:.2g}"
     flow = pd.read_csv(plotted / "plots" / "grad_flow" / "VGG_38.csv")
     init = flow[flow["epoch"] == 0]
     # plain VGG_38 at init: the image's part of the signal falls from the input conv to the logits
@@ -161,7 +163,7 @@ def test_results_table_has_a_row_per_variant(plotted):
     assert rows["VGG_08"]["reference"] == "learns (coursework run, after 1 epoch)"
     assert "Verdict rule" in text and "## Summary" in text
     theory = table_rows(text, column="predicted first/last conv")
-    predicted, measured = (float(theory["VGG_38"][k]) for k in ("predicted first/last conv", "measured"))
+    predicted, measured = (float(theory["VGG_38"][k]) for k in ("predicted first/last conv", "measured (probe)"))
     assert predicted < 1e-8 and measured < 1e-8  # the vanishing, predicted and measured
     assert 0.1 < predicted / measured < 10
     assert set(table_rows(text, "reference")) == {"reference VGG_08 (coursework)",
@@ -257,7 +259,8 @@ def test_dvc_plots_diff_overlays_two_commits(plotted, tmp_path):
     assert loss["HEAD"] == pytest.approx(loss["HEAD~1"] + 1.0)
     assert curves["encoding"]["color"]["field"] == "rev"  # the epoch_curves template, filled
     assert curves["encoding"]["column"]["field"] == "field"
-    assert curves["encoding"]["x"]["axis"]["tickMinStep"] == 1  # integer epoch ticks
+    assert curves["encoding"]["x"]["field"] == "images_seen"  # the points inside an epoch too
+    assert curves["encoding"]["y"]["axis"]["format"] == ".3~g"  # 0.031 reads 0.031, not 0
     flow = by_title["plots/grad_flow/VGG_38.csv"]
     assert flow["encoding"]["y"]["scale"]["type"] == "log"
     # aligned by depth (the k-th conv/linear), one row per snapshot epoch, revisions by colour
@@ -272,7 +275,7 @@ def test_dvc_plots_diff_overlays_two_commits(plotted, tmp_path):
         assert re.search(rf"HEAD~1[^\"]*{re.escape(name)}", html), name
     assert_drawn_offline(project / "out" / "index.html", 4)
     run([DVC, "plots", "show", "-o", "shown"], cwd=project)
-    assert_drawn_offline(project / "shown" / "index.html", 4)
+    assert_drawn_offline(project / "shown" / "index.html", 4, line_points=9)  # a point every 15 of 150
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -280,10 +283,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRE_CHROMIUM = os.environ.get("GRADFLOW_REQUIRE_CHROMIUM") == "1"
 
 
-def assert_drawn_offline(page: Path, charts: int) -> None:
+def assert_drawn_offline(page: Path, charts: int, line_points: int = 0) -> None:
     """The page `dvc plots` wrote loads no script from the network, and in headless Chromium
     (no network either: the flags keep it from trying) every one of its `charts` Vega charts
-    draws marks."""
+    draws marks; and every line drawn has at least `line_points` points (its SVG path's M and L
+    commands), so a curve is a line, not a dot."""
     html = page.read_text()
     assert not re.search(r"<script[^>]+src=\"https?:", html), "a script from the network"
     assert html.count("vegaEmbed('#") == charts
@@ -297,6 +301,11 @@ def assert_drawn_offline(page: Path, charts: int) -> None:
     embeds = dom.split('class="vega-embed')[1:]
     drawn = [e for e in embeds if re.search(r"<(svg|canvas)\b", e) and "role-mark" in e]
     assert len(embeds) == charts and len(drawn) == charts, f"{len(drawn)} of {len(embeds)} charts drawn"
+    if line_points:
+        lines = [d for group in re.findall(r'<g class="mark-line role-mark[^"]*"[^>]*>(.*?)</g>', dom, re.S)
+                 for d in re.findall(r'<path[^>]* d="([^"]+)"', group)]
+        assert lines, "no line drawn"
+        assert min(len(re.findall(r"[ML]", d)) for d in lines) >= line_points, lines
 
 
 # --- the plot helpers, without a run ------------------------------------------------------------
@@ -377,7 +386,8 @@ def test_same_curves_groups_identical_initialisations():
 
 
 def fake_run(name: str, epochs: int, layers: list[str], grad: float, verdict: str | None = None) -> dict:
-    history = pd.DataFrame({"epoch": range(1, epochs + 1), "train_loss": np.linspace(4.6, 4.0, epochs),
+    history = pd.DataFrame({"epoch": range(1, epochs + 1), "images_seen": range(5000, 5000 * epochs + 1, 5000),
+                            "train_loss": np.linspace(4.6, 4.0, epochs),
                             "val_loss": 4.5, "train_acc": 0.05, "val_acc": 0.04})
     flow = pd.DataFrame([{"variant": name, "epoch": e, "layer_index": i, "layer": layer,
                           "mean_abs_grad": grad * (i + 1) * (e + 1), "act_std": 1.0,
@@ -452,6 +462,7 @@ def test_training_curves_draw_every_published_run_of_a_variant_drawn(drawn):
     from gradflow import reference
     run = fake_run("VGG_38_BN_RC", 20, ["c_conv_0"], 1e-3, "learns")
     run["metrics"]["train_images"] = reference.TRAIN_IMAGES
+    run["history"]["images_seen"] = run["history"]["epoch"] * reference.TRAIN_IMAGES
     Fg.training_curves({"VGG_38_BN_RC": run}, reference.load(ROOT / "reference"),
                        Fg.variant_colours(["VGG_38_BN_RC"]))
     for ax in drawn["training_curves.png"].axes[:4]:
@@ -498,9 +509,9 @@ def test_gradient_flow_leads_with_every_variant_on_one_axis(drawn):
 
 
 def test_training_curves_clip_the_reference_by_history_without_run_details(drawn):
-    """Metrics without run details (how many images an epoch had): the run is not placed at a
-    made-up position, and the reference is still clipped (to its first epoch), so a short run
-    is not squeezed beside the reference's 100 epochs."""
+    """Metrics without run details: the run is placed by its own points' images seen, and the
+    reference is clipped to its first epoch that covers them, so a short run is not squeezed
+    beside the reference's 100 epochs."""
     run = fake_run("VGG_08", 3, ["c_conv_0"], 1e-3)
     run["metrics"] = {}
     published = {"VGG_08": [published_run("VGG_08", COURSEWORK)]}
@@ -509,5 +520,22 @@ def test_training_curves_clip_the_reference_by_history_without_run_details(drawn
     ref = [line for line in ax.get_lines() if line.get_label().startswith("_published")][0]
     assert list(ref.get_xdata()) == [47.5] and ax.get_xlim()[1] < 50
     ours = [line for line in ax.get_lines() if line.get_label() == "VGG_08"][0]
-    assert np.isnan(ours.get_xdata()).all()
+    assert list(ours.get_xdata()) == [5.0, 10.0, 15.0]
     assert "data: n/a" in drawn["training_curves.png"]._suptitle.get_text()
+
+
+def test_gradient_heatmap_has_a_column_per_sampled_step_on_images_seen(drawn):
+    """The heatmap's columns are the capture's sampled steps (at the curves' points), placed at
+    the training images seen then, so a one-epoch run is not one column."""
+    layers = ["c_conv_0", "c_conv_1"]
+    run = fake_run("VGG_08", 1, layers, 1e-3)
+    run["metrics"]["batch_size"] = 100
+    run["capture"] = pd.DataFrame([{"epoch": 1, "step": step, "layer_index": i, "layer": layer,
+                                    "mean_abs_grad": 1e-3 * (i + 1)}
+                                   for step in range(0, 475, 50) for i, layer in enumerate(layers)])
+    Fg.gradient_heatmap({"VGG_08": run})
+    ax = drawn["gradient_heatmap.png"].axes[0]
+    mesh = ax.collections[0]
+    assert mesh.get_array().shape == (2, 10)  # layers x sampled steps
+    assert ax.get_xlabel() == "training images seen (thousands)"
+    assert ax.get_xlim()[0] < 0 < 45 < ax.get_xlim()[1] < 48  # steps 0..450 x 100 images

@@ -38,7 +38,8 @@ DIVERGE_LR = 1.0e6
 PARAMS = {
     "data": {"synthetic_train_size": 1200},  # 1,000 train / 200 val / 200 test
     "model": {"filters": 8},
-    "train": {"epochs": 4},
+    # A point of the curves every 300 images: three inside each 1,000-image epoch, and its end.
+    "train": {"epochs": 4, "eval_every": 300, "eval_subset": 100},
     "variants": {VARIANT: {"depth": 8}, DIVERGE: {"depth": 8, "lr": DIVERGE_LR}},
     # A snapshot at every epoch, so models/V.pt can be compared with the snapshot of whichever
     # epoch turns out best.
@@ -146,7 +147,7 @@ def test_train_writes_every_output(trained):
     live = json.loads((trained / "dvclive" / VARIANT / "metrics.json").read_text())
     last = pd.read_csv(out["history"]).iloc[-1]
     assert live == {"train_loss": last["train_loss"], "train_acc": last["train_acc"], "val_loss": last["val_loss"],
-                    "val_acc": last["val_acc"], "lr": last["lr"], "step": 4}
+                    "val_acc": last["val_acc"], "lr": last["lr"], "step": 4000}
 
     # models/V.pt: the best-validation weights, loadable without pickle, into the model its
     # resolved config describes; evaluated on test they give the metrics' test scores.
@@ -164,15 +165,21 @@ def test_train_writes_every_output(trained):
     assert test["loss"] == pytest.approx(m["test_loss"], rel=1e-5)
     assert test["acc"] == pytest.approx(m["test_acc"], rel=1e-5)
 
-    # history: one row per epoch, final and best metrics taken from it
+    # history: a point every 300 images (100 validation images) and at each epoch's end (all
+    # 200); each point's training loss covers the images since the one before, so an epoch's
+    # points average to its mean loss, the metrics' final_train_loss.
     history = pd.read_csv(out["history"])
-    assert list(history.columns) == ["variant", "epoch", *METRIC_SPLITS, "lr"]
-    assert history["epoch"].tolist() == [1, 2, 3, 4] and (history["variant"] == VARIANT).all()
-    last = history.iloc[-1]
-    best = history[history["epoch"] == run["best_epoch"]].iloc[0]
-    assert m["final_train_loss"] == pytest.approx(last["train_loss"], rel=1e-5)
+    assert list(history.columns) == ["variant", "epoch", "images_seen", *METRIC_SPLITS, "val_images", "lr"]
+    assert history["images_seen"].tolist() == [e * 1000 + k for e in range(4) for k in (300, 600, 900, 1000)]
+    assert history["epoch"].tolist() == [e for e in (1, 2, 3, 4) for _ in range(4)]
+    assert history["val_images"].tolist() == [100, 100, 100, 200] * 4 and (history["variant"] == VARIANT).all()
+    last_epoch = history[history["epoch"] == 4]
+    assert m["final_train_loss"] == pytest.approx(
+        (last_epoch["train_loss"] * [300, 300, 300, 100]).sum() / 1000, rel=1e-5)
+    ends = history[history["val_images"] == 200]
+    best = ends[ends["epoch"] == run["best_epoch"]].iloc[0]
     assert m["best_val_acc"] == pytest.approx(best["val_acc"], rel=1e-5)
-    assert best["val_acc"] == history["val_acc"].max()
+    assert best["val_acc"] == ends["val_acc"].max()
     assert history["lr"].iloc[0] == pytest.approx(1e-3)  # cosine annealing, stepped per epoch
     assert history["lr"].is_monotonic_decreasing
 
@@ -182,9 +189,10 @@ def test_train_writes_every_output(trained):
         "variant", "epoch", "step", "layer_index", "layer", "mean_abs_grad", "grad_norm",
         "max_abs_grad", "weight_norm", "update_ratio", "depth")
     layers = [name for name, _ in probed_parameters(model)]
-    steps_per_epoch = 1000 // 100  # train images / batch size; auto samples every step here
-    assert sorted(capture["epoch"].unique()) == [1, 2, 3, 4]
-    assert len(capture) == 4 * steps_per_epoch * len(layers)
+    steps_per_epoch = 1000 // 100  # train images / batch size
+    # auto: sampled at the curves' points, every 300 // 100 = 3 steps: steps 0, 3, 6, 9 an epoch
+    assert sorted(capture["step"].unique()) == [e * steps_per_epoch + i for e in range(4) for i in (0, 3, 6, 9)]
+    assert len(capture) == 4 * 4 * len(layers)
     for (epoch, step), rows in capture.groupby(["epoch", "step"]):
         assert rows["layer"].tolist() == layers and rows["layer_index"].tolist() == list(range(len(layers)))
         assert rows["depth"].tolist() == depth_positions(layers)
@@ -411,8 +419,43 @@ def test_resume_after_kill_matches_uninterrupted_run(trained, tmp_path):
     fresh = stage("train", VARIANT, cwd=project)
     assert "made with other params" in fresh.stderr and "resuming after" not in fresh.stderr
     assert "epoch 1/2" in fresh.stderr
-    assert pd.read_csv(outputs(project)["history"])["epoch"].tolist() == [1, 2]
+    assert pd.read_csv(outputs(project)["history"])["epoch"].unique().tolist() == [1, 2]
     assert not ckpt.exists()
+
+
+@pytest.mark.slow
+def test_dvc_exp_show_moves_inside_the_first_epoch(trained, tmp_path, monkeypatch):
+    """While the train stage is inside its first epoch, after each point DVCLive's metrics.json
+    and the history table already hold that point, and `dvc exp show` prints it."""
+    from conftest import DVC, git_init, run
+    from stages import train as train_stage
+
+    project = new_copy(tmp_path, "live", data_from=trained,
+                       overrides={"train": {"epochs": 1}, "gradients": {"epochs": [0, "last"]}})
+    git_init(project)
+    monkeypatch.chdir(project)
+    seen = []
+
+    def spying_fit(cfg, dataset, **kw):
+        def spy(points):
+            kw_on_point(points)
+            live = json.loads((project / "dvclive" / VARIANT / "metrics.json").read_text())
+            rows = pd.read_csv(project / "plots" / "history" / f"{VARIANT}.csv")
+            shown = ""
+            if points[-1]["images_seen"] == 300:  # the first point: ask DVC, as a user would
+                shown = run([DVC, "exp", "show", "--json"], cwd=project).stdout
+            seen.append((points[-1]["images_seen"], live["step"], len(rows), live["val_acc"], shown))
+        kw_on_point, kw["on_point"] = kw["on_point"], spy
+        return real_fit(cfg, dataset, **kw)
+
+    real_fit = train_stage.fit
+    monkeypatch.setattr(train_stage, "fit", spying_fit)
+    train_stage.main([VARIANT])
+    assert [(s[0], s[1], s[2]) for s in seen] == [(300, 300, 1), (600, 600, 2), (900, 900, 3), (1000, 1000, 4)]
+    shown = json.loads(seen[0][4])
+    workspace = next(e for e in shown if e["rev"] == "workspace")
+    live = workspace["data"]["metrics"][f"dvclive/{VARIANT}/metrics.json"]["data"]
+    assert live["step"] == 300 and live["val_acc"] == seen[0][3]
 
 
 # --- divergence ----------------------------------------------------------------------------
