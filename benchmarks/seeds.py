@@ -1,15 +1,16 @@
-"""Does the quick start show the finding whatever the seed? The three-seed check (issue 21).
+"""Does the quick start show the finding whatever the seed? The three-seed check.
 
     .venv/bin/python benchmarks/seeds.py                 # seeds 0, 1, 2: ~15 min on 2 CPU cores
     .venv/bin/python benchmarks/seeds.py --seeds 3 4
 
-Reads the quick start's settings from the README's first command (its `-S` overrides, `~`
-deletions included, applied to params.yaml with DVC's own override code), so it checks exactly
-what a user runs; then, for each `train.seed`, trains every variant the quick start keeps with
-the train stage's loop (gradflow.training.fit) on the same data (the fetch stage's source:
-synthetic here, as on any machine without CIFAR-100) and judges it by the verdict rule. Writes
-benchmarks/seeds.md (the table, machine, date, times) and exits 1 if any verdict differs from
-the finding: VGG_08 and the BN / RC / BN+RC fixes learn, plain VGG_38 is stuck at chance.
+Reads the quick start's settings where the quick start itself does (gradflow.quickstart: its
+`-S` overrides, `~` deletions included, applied to params.yaml with DVC's own override code,
+with the synthetic source, what it picks where CIFAR-100 cannot be had); then, for each
+`train.seed`, trains every variant the quick start keeps with the train stage's loop
+(gradflow.training.fit) on the same data (the fetch stage's synthetic source) and judges it by
+the verdict rule. Writes benchmarks/seeds.md (the table, machine, date, times) and exits 1 if
+any verdict differs from the finding (gradflow.quickstart.FINDING): VGG_08 and the BN / RC /
+BN+RC fixes learn, plain VGG_38 is stuck at chance.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import re
 import shlex
 import shutil
 import sys
@@ -33,23 +33,14 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.calibrate import cpu_model  # noqa: E402
 from gradflow import data as D  # noqa: E402
 from gradflow import params as P  # noqa: E402
+from gradflow.quickstart import FINDING, overrides as quick_start  # noqa: E402
 from gradflow.training import fit  # noqa: E402
 from stages.fetch import synthetic_source  # noqa: E402
 
-FINDING = {"VGG_08": "learns", "VGG_38": "stuck at chance", "VGG_38_BN": "learns",
-           "VGG_38_RC": "learns", "VGG_38_BN_RC": "learns"}
 
-
-def quick_start_overrides(readme: Path = ROOT / "README.md") -> list[str]:
-    """The `-S` values of the README's `dvc exp run` quick-start command, with $SOURCE as
-    synthetic (what the command picks where CIFAR-100 cannot be had)."""
-    block = re.search(r"```bash\n(.*?dvc exp run.*?)\n```", readme.read_text(), re.S).group(1)
-    command = block.split(" && dvc exp run ", 1)[1].split(" && ", 1)[0]  # the first dvc exp run
-    sizes = re.search(r'SIZES="([^"]*)"', block)
-    if sizes:
-        command = command.replace("$SIZES", sizes.group(1))
-    words = shlex.split(command.replace("$SOURCE", "synthetic"))
-    return [words[i + 1] for i, w in enumerate(words) if w == "-S"]
+def quick_start_overrides() -> list[str]:
+    """The quick start's `-S` values on a machine without CIFAR-100."""
+    return quick_start("synthetic", list(P.load(ROOT / "params.yaml").variants))
 
 
 def quick_start_params(overrides: list[str]) -> P.Params:
@@ -72,7 +63,7 @@ def main() -> int:
     params = quick_start_params(overrides)
     raw, _ = synthetic_source(params.data)
     dataset = D.Dataset.from_raw(raw, "synthetic", params.data)
-    print(f"seeds: the README's quick start: {' '.join(overrides)}; {len(dataset.train):,} train / "
+    print(f"seeds: the quick start: {' '.join(overrides)}; {len(dataset.train):,} train / "
           f"{len(dataset.val):,} val images; variants {', '.join(params.variants)}", file=sys.stderr)
     rows, ok = [], True
     for seed in args.seeds:
@@ -95,8 +86,8 @@ def main() -> int:
                       + ["| " + " | ".join(r) + " |" for r in rows])
     text = (f"# The quick start at three seeds (benchmarks/seeds.py)\n\n"
             f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads, torch "
-            f"{torch.__version__}; synthetic data (the calibrated stand-in); the README's quick-start "
-            f"settings: `{' '.join('-S ' + shlex.quote(o) for o in overrides)}`; "
+            f"{torch.__version__}; synthetic data (the calibrated stand-in); the quick start's "
+            f"settings (gradflow.quickstart): `{' '.join('-S ' + shlex.quote(o) for o in overrides)}`; "
             f"{len(dataset.train):,} training and {len(dataset.val):,} validation images. Total "
             f"{time.perf_counter() - started:.0f} s.\n\n{table}\n\n"
             f"Overall: {'every verdict as the finding' if ok else 'NOT the finding'}\n")

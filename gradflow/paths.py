@@ -32,6 +32,7 @@ def run_config(name: str) -> Path:
 MODELS = Path("models")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+RESULTS = PLOTS / "results.md"  # the plots stage's report
 REFERENCE = Path("reference")
 
 

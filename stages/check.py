@@ -22,7 +22,7 @@ import sys
 
 from gradflow import params as P
 from gradflow import paths
-from gradflow.cli import cli
+from gradflow.cli import cli, drift_note
 from gradflow.files import write_text
 from gradflow.memory import require_fits
 from gradflow.vega import write_page
@@ -50,6 +50,9 @@ def main(argv: list[str]) -> None:
             stale.unlink()
     print(f"check: params.yaml is valid; {len(configs)} resolved configs in {paths.CONFIG}/",
           file=sys.stderr)
+    note = drift_note()  # what this run carries over from earlier `dvc exp run -S`, if anything
+    if note:
+        print(f"check: {note}", file=sys.stderr)
     if write_page():  # once per clone (a few seconds): `dvc plots show` pages that draw offline
         print(f"check: {paths.PLOTS_PAGE}: the offline page for dvc plots show / diff", file=sys.stderr)
 

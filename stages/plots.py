@@ -58,9 +58,9 @@ def main(argv: list[str]) -> None:
                Fg.gradient_flow_detail(runs), Fg.signal_flow(runs, colours), Fg.gradient_heatmap(runs),
                Fg.activations(runs, colours), Fg.depth_sweep(sweep, sweep_metrics)]
     atomic_write(Fg.OUT / "sweep.csv", lambda tmp: sweep.to_csv(tmp, index=False))
-    write_text(Fg.OUT / "results.md", results_markdown(runs, sweep, published, reference.load_test(),
+    write_text(Fg.OUT / paths.RESULTS.name, results_markdown(runs, sweep, published, reference.load_test(),
                                                        params.variants))
-    written += [Fg.OUT / "sweep.csv", Fg.OUT / "results.md"]
+    written += [Fg.OUT / "sweep.csv", Fg.OUT / paths.RESULTS.name]
     if write_page():  # `dvc plots show` / `diff` draw offline (gradflow/vega.py); missing in a new clone
         written.append(paths.PLOTS_PAGE)
     print(f"plots: {len(runs)} of {len(names)} variants, {len(sweep)} sweep points -> "
