@@ -13,7 +13,7 @@ from gradflow.figures import FIGURES, run_summary
 from gradflow.model import LOGITS
 from gradflow.reference import COURSEWORK, PublicRun
 from gradflow.theory import SHARE_RESOLUTION
-from gradflow.verdict import RULE, VERDICTS, rule_numbers
+from gradflow.verdict import CHANCE_LOSS, RULE, STUCK_LOSS_BAND, VERDICTS, learns_threshold, rule_numbers
 
 
 def fmt(value, spec: str = ".4f") -> str:
@@ -111,6 +111,65 @@ def story(runs: dict, expected: dict[str, str]) -> list[str]:
         lines.append(f"- Variants that learn exactly where the reference's do: {len(same)} of {len(judged)}"
                      + (f" (differ: {', '.join(differ)})" if differ else ""))
     return lines
+
+
+COLLAPSED = 1e-6  # a logits' signal share below this: every image gets (nearly) the same logits
+VANISHED = 1e-6  # a first/last conv gradient ratio below this: the first layers get no gradient
+
+
+def span(values: list[float], spec: str) -> str:
+    low, high = min(values), max(values)
+    return format(low, spec) if format(low, spec) == format(high, spec) else f"{format(low, spec)}-{format(high, spec)}"
+
+
+def why_different(name: str, m: dict, expected: str, published: list[PublicRun]) -> str:
+    """Why this run's verdict is not its reference's, from the run's own numbers: the rule's
+    reading of both, then which of its measurements explains its side."""
+    ours, epochs, n = m.get("verdict"), int(m.get("epochs_run") or 1), m.get("val_images")
+    bar = learns_threshold(n, epochs) if n else None
+    loss, acc = m.get("final_train_loss"), m.get("best_val_acc")
+    text = (f"- {name}: {ours} here (final training loss {fmt(loss)}, {abs(loss - CHANCE_LOSS):.3f} from "
+            f"ln 100; best validation accuracy {fmt(acc, '.3f')}" if loss is not None and acc is not None
+            else f"- {name}: {ours} here (")
+    text += f", where \"learns\" needs {bar:.4f})" if bar else ")"
+    if published:
+        heads = [r.curves.head(epochs) for r in published]
+        their_loss = [float(h["train_loss"].iloc[-1]) for h in heads]
+        said = expected.rsplit(", after", 1)[0]  # "undecided (coursework run"
+        text += (f"; the published runs after {epochs} epoch{'s' if epochs != 1 else ''} say {said}: "
+                 f"training loss {span(their_loss, '.3f')}, best validation accuracy "
+                 f"{span([float(h['val_acc'].max()) for h in heads], '.3f')})")
+    else:
+        text += f"; the reference says {expected}"
+    ratio, share0, share1 = m.get("log10_grad_ratio_init"), m.get("signal_share_init"), m.get("signal_share_final")
+    if ours == "learns":
+        return text + f". Its best validation accuracy clears the bar; theirs {'does' if expected.startswith('learns') else 'does not'} at this budget."
+    causes = []
+    if ratio is not None and 10.0 ** ratio < VANISHED:
+        causes.append(f"its first conv got {ratio_text(ratio)} of its last conv's gradient at the first "
+                      f"training step: the gradient vanished on the way down")
+    if share1 is not None and share1 < COLLAPSED:
+        causes.append(f"the logits' signal share went from {share_text(share0)} at initialisation to "
+                      f"{share_text(share1)} at the end: every image got the same logits, so the loss "
+                      f"could not fall below ln 100 (the forward signal collapsed)")
+    if not causes:
+        causes.append(f"its gradients reach the first layers (first/last conv {ratio_text(ratio)}) and its "
+                      f"logits depend on the image (signal share {share_text(share1)} at the end), so "
+                      f"nothing is broken: it has not learned enough yet at this budget")
+    if ours == "stuck at chance" and expected.startswith("undecided") and published:
+        gap = min(abs(x - CHANCE_LOSS) for x in their_loss)
+        causes.append(f"the published runs' mean training loss in epoch {epochs} is {gap:.3f} or more from "
+                      f"ln 100, outside the rule's {STUCK_LOSS_BAND} for \"stuck\", and their accuracy "
+                      f"is not above chance: the rule says undecided there, not learns")
+    return text + ". " + "; ".join(c[0].upper() + c[1:] for c in causes[:1]) + "".join(f"; {c}" for c in causes[1:]) + "."
+
+
+def why_story(runs: dict, expected: dict[str, str], published: dict[str, list[PublicRun]]) -> list[str]:
+    """A sentence for every variant whose verdict differs from its reference's."""
+    return [why_different(name, run["metrics"], expected[name], published.get(name, []))
+            for name, run in runs.items()
+            if expected.get(name, "–") != "–" and run["metrics"].get("verdict")
+            and expected_word(expected[name]) != run["metrics"]["verdict"]]
 
 
 def signal_rows(runs: dict) -> list[list[str]]:
@@ -240,8 +299,8 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, published: dict[str, list[
                                        int(run["metrics"].get("epochs_run") or 1))
                 for name, run in runs.items()}
     header = ["variant", "verdict", "reference", "final train loss", "best val acc", "test acc",
-              "test loss", "epochs", "best epoch", "params", "grad ratio at init", "at end",
-              "signal share at init", "share at end"]
+              "test loss", "epochs", "best epoch", "params", "grad ratio at init (training)", "at end",
+              "signal share at init (probe)", "share at end"]
     rows = []
     for name, run in runs.items():
         m = run["metrics"]
@@ -258,9 +317,11 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, published: dict[str, list[
     summary = run_summary([r["metrics"] for r in runs.values()])
     parts = ["# Results", "",
              f"Every variant in params.yaml that has metrics ({summary}). Epochs are "
-             "run/configured; the test scores use the best-validation weights; grad ratio is "
-             "mean |grad| of the first conv over the last conv at the first and last sampled "
-             "training step; signal share is the part of the logits' second moment that "
+             "run/configured; the test scores use the best-validation weights; grad ratio "
+             "(training) is mean |grad| of the first conv over the last conv at the first and last "
+             "sampled training step, on that step's training batch (the training capture); the "
+             "theory table below measures the same ratio on the probe (fixed validation images, "
+             "the initial weights), so the two differ a little; signal share is the part of the logits' second moment that "
              "depends on the image (variance across the probe images over the total, per logit, "
              "averaged; float64: gradflow/probe.py), at the first and last probed snapshot. "
              "Timings are not here (they differ on every run): see dvclive/<variant>/timings.json.",
@@ -276,6 +337,9 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, published: dict[str, list[
     parts += ["", "## Summary", ""]
     parts += story(runs, expected) or ["_Nothing to summarise yet._"]
     parts += [""]
+    why = why_story(runs, expected, published)
+    if why:
+        parts += ["## Where a verdict differs from its reference, and why", ""] + why + [""]
     if reference_test:
         coursework = {n: rs[0] for n, rs in published.items() if rs and rs[0].source == COURSEWORK}
         parts += ["Reference (the coursework's shipped results, CIFAR-100, 100 epochs; "
@@ -292,7 +356,7 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, published: dict[str, list[
                   "The mean-field prediction (gradflow/theory.py: second moments propagated through "
                   "conv, bias, leaky ReLU, pooling and BN from the architecture, its initialisation "
                   "and the probe images' covariance) against the probe batch's measurement.", "",
-                  markdown_table(["variant", "predicted first/last conv", "measured",
+                  markdown_table(["variant", "predicted first/last conv", "measured (probe)",
                                   "measured / predicted mean abs grad, per layer"], theory), ""]
     signal = signal_rows(runs)
     if signal:

@@ -146,3 +146,27 @@ def test_results_say_the_data_is_the_stand_in_and_where_its_calibration_is(publi
     real = fake_run("stuck at chance", 1)
     real["metrics"]["data_source"] = "cifar100"
     assert "benchmarks/calibration.md" not in results_markdown({"VGG_38": real}, pd.DataFrame(), published, {}, variants)
+
+
+def test_results_explain_each_verdict_that_differs_from_its_reference(published):
+    """A sentence per differing verdict, from the run's own numbers: a collapsed forward signal,
+    or healthy gradients and signal that just have not learned yet; none for an agreeing one."""
+    variants = {"VGG_38": Variant(depth=38), "VGG_38_RC": Variant(depth=38, residual=True),
+                "VGG_38_BN": Variant(depth=38, batch_norm=True)}
+    plain, rc, bn = fake_run("stuck at chance", 1), fake_run("stuck at chance", 1), fake_run("learns", 1)
+    plain["metrics"].update(final_train_loss=4.6095, best_val_acc=0.008, log10_grad_ratio_init=-13.55,
+                            signal_share_init=7.8e-29, signal_share_final=1.6e-29)
+    rc["metrics"].update(final_train_loss=4.6070, best_val_acc=0.012, log10_grad_ratio_init=-0.96,
+                         signal_share_init=4e-4, signal_share_final=0.2)
+    text = results_markdown({"VGG_38": plain, "VGG_38_RC": rc, "VGG_38_BN": bn}, pd.DataFrame(), published, {},
+                            variants)
+    why = text.split("## Where a verdict differs from its reference, and why", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in why.splitlines() if line.startswith("- ")]
+    assert [line.split(":", 1)[0] for line in lines] == ["- VGG_38", "- VGG_38_RC"]  # BN agrees
+    assert "say undecided (coursework run: training loss 4.865" in lines[0]
+    assert "2.8e-14" in lines[0] and "from 7.8e-29 at initialisation to 1.6e-29" in lines[0]
+    assert "0.260 or more from ln 100" in lines[0]
+    assert "the reference says learns (coursework's conclusion)" in lines[1]
+    assert "first/last conv 1.1e-01" in lines[1] and "signal share 0.2 at the end" in lines[1]
+    assert "has not learned enough yet at this budget" in lines[1]
+    assert "grad ratio at init (training)" in text and "measured (probe)" not in text  # no probe table here
