@@ -8,7 +8,9 @@ stand-in that tests, CI and offline runs use.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 import urllib.error
 import urllib.request
 
@@ -18,6 +20,7 @@ from gradflow.data import (CALIBRATED, CIFAR100_FILENAME, CIFAR100_MD5, CIFAR100
                            MANIFEST_FILE, RAW_DIR, DataError, StandIn, build_dataset, read_cifar100_archive,
                            synthetic)
 from gradflow.files import md5sum, set_aside, torch_save, write_json
+from gradflow.verdict import NUM_CLASSES
 
 
 def download_cifar100() -> None:
@@ -38,8 +41,23 @@ def download_cifar100() -> None:
         raise DataError(f"{archive}: download corrupted ({e}); removed it, try again") from None
 
 
+def not_a_file(archive: Path) -> str | None:
+    """What is at the archive path if it is neither nothing nor a regular file (a symlink to one
+    counts as one: a copy on another disk), else None. Such a thing is the user's: never
+    downloaded over, set aside or removed."""
+    if archive.is_file() or not (archive.exists() or archive.is_symlink()):
+        return None
+    if archive.is_symlink():
+        return f"a symlink to {os.readlink(archive)}, which is not a file (missing, or a folder)"
+    return "a directory" if archive.is_dir() else "not a regular file (a FIFO, socket or device)"
+
+
 def cifar100_source(data: P.DataParams) -> tuple[dict, dict]:
     archive = RAW_DIR / CIFAR100_FILENAME
+    problem = not_a_file(archive)
+    if problem:
+        raise DataError(f"{archive} is {problem}; left as it is. Put the archive there (md5 "
+                        f"{CIFAR100_MD5}; a symlink to it is fine), or run with -S data.source=synthetic")
     if archive.is_file() and md5sum(archive) != CIFAR100_MD5:
         # Perhaps the user's own copy: set it aside, never delete it, nor rename it over an
         # earlier .corrupt one (that may be the user's too): the first free name.
@@ -57,7 +75,7 @@ def cifar100_source(data: P.DataParams) -> tuple[dict, dict]:
 def synthetic_source(data: P.DataParams, stand_in: StandIn = CALIBRATED) -> tuple[dict, dict]:
     train_x, train_y = synthetic(data.synthetic_train_size, data.seed, stream=0, stand_in=stand_in)
     test_x, test_y = synthetic(data.synthetic_test_size, data.seed, stream=1, stand_in=stand_in)
-    classes = [f"class_{i:02d}" for i in range(100)]
+    classes = [f"class_{i:02d}" for i in range(NUM_CLASSES)]
     dataset = build_dataset(train_x, train_y, test_x, test_y, classes,
                             seed=data.seed, val_size=data.val_size)
     return dataset, {"generator": "gradflow.data.synthetic", "seed": data.seed}

@@ -1,0 +1,49 @@
+"""Reliability round four: whatever the user put at the CIFAR-100 archive's path stays there.
+
+A symlink (to a missing file or a folder), a FIFO or a directory at data/raw/ is not an archive
+the fetch stage wrote: it says what is there in one line, exit 2, and leaves it as it is
+(no download over it, nothing set aside, nothing removed). A symlink to a real file is a copy
+on another disk, and is read through (its md5 is checked as any archive's).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import stage, write_params
+from test_reliability import one_line
+
+ARCHIVE = Path("data/raw/cifar-100-python.tar.gz")
+
+
+@pytest.fixture
+def cifar_project(project: Path) -> Path:
+    write_params(project, {"data": {"source": "cifar100"}})
+    (project / ARCHIVE).parent.mkdir(parents=True, exist_ok=True)
+    return project
+
+
+@pytest.mark.parametrize("kind", ["dangling symlink", "symlink to a folder", "fifo", "directory"])
+def test_what_is_not_a_file_at_the_archive_path_is_left_alone(cifar_project: Path, tmp_path: Path, kind: str):
+    path = cifar_project / ARCHIVE
+    if kind == "dangling symlink":
+        path.symlink_to(tmp_path / "usb" / "cifar-100-python.tar.gz")
+    elif kind == "symlink to a folder":
+        (tmp_path / "usb").mkdir()
+        path.symlink_to(tmp_path / "usb")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+        (path / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in path.parent.iterdir())
+    proc = stage("fetch", cwd=cifar_project, check=False)
+    word = {"fifo": "FIFO", "directory": "a directory"}.get(kind, "a symlink to")
+    one_line(proc, str(ARCHIVE), word, "left as it is", "data.source=synthetic")
+    assert sorted(p.name for p in path.parent.iterdir()) == before  # nothing set aside or removed
+    assert path.is_symlink() or path.exists()
+    if kind == "directory":
+        assert (path / "notes.txt").read_text() == "mine"
