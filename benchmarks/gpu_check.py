@@ -1,4 +1,4 @@
-"""One-shot GPU check (issue 16): the speed of the training `dvc repro` runs, per step mode, with
+"""One-shot GPU check: the speed of the training `dvc repro` runs, per step mode, with
 its memory, the matmul rate, a projection of the full reproduction, and the init gradient ratio
 on the device next to the CPU's.
 
@@ -59,6 +59,7 @@ from gradflow.files import write_json  # noqa: E402
 from gradflow.model import VGG  # noqa: E402
 from gradflow.probe import probe  # noqa: E402
 from gradflow.training import Training  # noqa: E402
+from gradflow.verdict import NUM_CLASSES  # noqa: E402
 
 IMPORT_S = time.perf_counter() - STARTED
 DEFAULT_VARIANTS = ("VGG_08", "VGG_38", "VGG_38_BN_RC")
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = synthetic(train_n + val_n, params.data.seed, 0)
     test_images, test_labels = synthetic(test_n, params.data.seed, 1)
     dataset = Dataset(Split(images[:train_n], labels[:train_n]), Split(images[train_n:], labels[train_n:]),
-                      Split(test_images, test_labels), [str(c) for c in range(100)], "synthetic")
+                      Split(test_images, test_labels), [str(c) for c in range(NUM_CLASSES)], "synthetic")
     data_s = time.perf_counter() - t0
 
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device)

@@ -1,4 +1,4 @@
-"""What He initialisation does to plain VGG_38 at the default lr and at a lower one (issue 24).
+"""What He initialisation does to plain VGG_38 at the default lr and at a lower one.
 
     .venv/bin/python benchmarks/he_init.py                # ~5 min on 2 CPU cores
     .venv/bin/python benchmarks/he_init.py --lrs 1e-3 3e-4 1e-4 --epochs 8

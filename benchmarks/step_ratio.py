@@ -9,7 +9,7 @@ synthetic stand-in, params.yaml's settings with `train.precision` (fast by defau
 start: bf16 where the CPU has it natively), one epoch of --images images per measurement. Variants alternate round by round (A B C D,
 A B C D, ...) so drift hits all alike, and each variant's figure is its best round. Prints
 images/s and each variant's step time over plain VGG_38's, measured side by side in this run
-(the goal of issue 21: BN and BN+RC at most 1.25x).
+(the goal: BN and BN+RC at most 1.25x).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from benchmarks.calibrate import cpu_model  # noqa: E402
 from gradflow import params as P  # noqa: E402
 from gradflow.data import Dataset, Split, synthetic  # noqa: E402
 from gradflow.training import fit  # noqa: E402
+from gradflow.verdict import NUM_CLASSES  # noqa: E402
 
 VARIANTS = ("VGG_38", "VGG_38_BN", "VGG_38_RC", "VGG_38_BN_RC")
 
@@ -41,7 +42,7 @@ def main() -> int:
     args = parser.parse_args()
     x, y = synthetic(args.images + 100, seed=0, stream=0)
     dataset = Dataset(Split(x[:args.images], y[:args.images]), Split(x[-100:], y[-100:]),
-                      Split(x[-100:], y[-100:]), [str(i) for i in range(100)], "synthetic")
+                      Split(x[-100:], y[-100:]), [str(i) for i in range(NUM_CLASSES)], "synthetic")
     params = P.load(ROOT / "params.yaml")
     best: dict[str, float] = {}
     for _ in range(args.rounds):

@@ -1,4 +1,4 @@
-"""Training throughput on the current device, against a reference-style loop (issue 4).
+"""Training throughput on the current device, against a reference-style loop.
 
     .venv/bin/python benchmarks/throughput.py              # ~2.5 minutes on 2 quiet CPU cores
     .venv/bin/python benchmarks/throughput.py --seconds 2 --skip-dvc     # quicker
@@ -79,13 +79,14 @@ from gradflow.device import pick_device  # noqa: E402
 from gradflow.training import capture_every, fit  # noqa: E402
 from benchmarks.measure import matmul_gflops, memory, reset_peak, sync  # noqa: E402
 from benchmarks.tiny import copy_files, write_params  # noqa: E402
+from gradflow.reference import TRAIN_IMAGES  # noqa: E402
+from gradflow.verdict import NUM_CLASSES  # noqa: E402
 
 MODELS = ("VGG_08", "VGG_38", "VGG_38_BN_RC")
 GOALS = {"VGG_08": 2.5, "VGG_38": 1.8}  # CPU: ours / reference at least this
 CAPTURE_GOAL = 0.03  # capture on at most 3% slower than off
 DVC_GOAL = 2.0  # no-op dvc repro at most 2x a bare dvc version
 REFERENCE_WORKERS = 4  # pytorch_mlp_framework's DataLoader(num_workers=4)
-FULL_RUN_TRAIN_IMAGES = 47_500  # CIFAR-100's 50,000 minus the 2,500 validation images
 RESULTS = ROOT / "benchmarks" / "results.json"
 QUIET_CORES = 0.2  # other processes' load above which a measurement is flagged
 
@@ -137,7 +138,7 @@ def config(name: str, device: str, every: int | None = None, overrides: list[str
 
 def full_run_every(cfg: P.RunConfig) -> int:
     """The sampling interval `every_n_steps` gives in a full CIFAR-100 run (47 for auto)."""
-    return capture_every(cfg, -(-FULL_RUN_TRAIN_IMAGES // cfg.train.batch_size))
+    return capture_every(cfg, -(-TRAIN_IMAGES // cfg.train.batch_size))
 
 
 class Images:
@@ -156,7 +157,7 @@ class Images:
         x, y = self.take(n)
         small = Split(self.hold_x[:100], self.hold_y[:100])  # val and test: one cheap pass each
         return Dataset(Split(x, y), small, Split(self.hold_x[100:], self.hold_y[100:]),
-                       [str(c) for c in range(100)], "synthetic")
+                       [str(c) for c in range(NUM_CLASSES)], "synthetic")
 
 
 def round_to(n: float, batch: int, least: int) -> int:

@@ -1,4 +1,4 @@
-"""The training step's fast paths: eager, torch.compile, and a CUDA-graph replay (issue 16).
+"""The training step's fast paths: eager, torch.compile, and a CUDA-graph replay.
 
 These VGGs are tiny (32 channels, batch 100): a VGG_38 step is a few hundred small kernel
 launches, so on a GPU the device waits on the host. Two ways remove the launches:
@@ -159,7 +159,7 @@ class TrainStep:
                 loss.backward()
             static.update(logits=logits, main_sum=main_sum.detach())
             self.graph, self._static = graph, static
-        except Exception as e:  # never run on a GPU before issue 16: fail soft, say so once
+        except Exception as e:  # not run on a GPU yet: fail soft, say so once
             self.mode, self.note = "eager", f"CUDA graph capture failed ({type(e).__name__}: {e}); eager"
             self.graph, self._static = None, None
             print(f"fastpath: {self.note}", file=sys.stderr)

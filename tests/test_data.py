@@ -1,4 +1,4 @@
-"""Data sources and the dataset file (issues 2 and 5): the CIFAR-100 archive reader on a small
+"""Data sources and the dataset file: the CIFAR-100 archive reader on a small
 archive in the official format, the fetch stage's md5 handling without a network, the seeded
 synthetic source, the train / validation split, the limits, the manifest check, and the batched
 augmentation."""

@@ -1,4 +1,4 @@
-"""Why VGG_38 does not train, and what each fix changes (issue 7), on the synthetic source.
+"""Why VGG_38 does not train, and what each fix changes, on the synthetic source.
 
 Every measurement is against the plain VGG_38 with the same seed and the same images.
 

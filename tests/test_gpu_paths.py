@@ -1,4 +1,4 @@
-"""What the GPU path does, exercised on the CPU (issue 16): bf16 autocast, torch.compile
+"""What the GPU path does, exercised on the CPU: bf16 autocast, torch.compile
 (inductor), fused Adam, the CUDA-graph step's fallback, and the one-shot GPU check's dry run.
 
 The CUDA-only lines (graph capture in gradflow.fastpath, torch.cuda.* in benchmarks/gpu_check.py)

@@ -1,4 +1,4 @@
-"""The VGG family (issues 2 and 7): the reference's architecture, layer names and parameter
+"""The VGG family: the reference's architecture, layer names and parameter
 counts, and that each fix switch builds what it says."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Bad params are refused up front (issue 5): exit code 2, one line on stderr naming the key path
+"""Bad params are refused up front: exit code 2, one line on stderr naming the key path
 and what is accepted, and no output written or deleted.
 
 The table runs through the stages' entry points, `stages.train.main(["VGG_08"])` and

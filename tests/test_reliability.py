@@ -1,4 +1,4 @@
-"""Issue 14, reliability round two: every bad input the attack found gives one line and a
+"""Reliability round two: every bad input the attack found gives one line and a
 non-zero exit (or, for a corrupt resume checkpoint, a message and a fresh start), no output of
 an earlier run deleted, no traceback, no user file removed.
 

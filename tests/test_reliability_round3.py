@@ -1,4 +1,4 @@
-"""Issue 23, reliability round three: outputs on another filesystem, a full disk, an immutable
+"""Reliability round three: outputs on another filesystem, a full disk, an immutable
 folder, Ctrl-C and SIGTERM, the tables the plots stage reads, more params and arguments, a
 user's set-aside archive, and params.yaml changed under a running experiment.
 

@@ -1,4 +1,4 @@
-"""The mean-field theory (gradflow.theory) against the probe at initialisation (issue 17, item 5).
+"""The mean-field theory (gradflow.theory) against the probe at initialisation.
 
 The numbers below were measured on the previous synthetic stand-in (gradflow.data before its
 recalibration against the public runs); the tests' bounds hold on the current one.
@@ -136,7 +136,7 @@ def test_second_moment_only_names_every_layer_and_keeps_the_random_state():
 
 # The prediction is written with all its digits (plots/grad_flow/*.csv), so equal runs must give
 # equal bytes: 10 predictions in a process with 1 thread and 10 with 2, each from its own copy of
-# the input at another memory alignment, all byte-identical (issue 20: on an Intel Xeon the
+# the input at another memory alignment, all byte-identical (on an Intel Xeon the
 # multi-threaded version differed between 1 and 2 threads in the 8th digit).
 REPEAT = '''
 import hashlib, sys, torch
