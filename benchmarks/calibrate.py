@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from gradflow import data as D  # noqa: E402
 from gradflow import params as P  # noqa: E402
+from gradflow import paths  # noqa: E402
 from gradflow import reference as R  # noqa: E402
 from gradflow.training import fit  # noqa: E402
 from gradflow.verdict import verdict  # noqa: E402
@@ -104,7 +105,7 @@ def main() -> int:
         raise SystemExit(f"calibrate: params.yaml's data sizes ({len(dataset.train)} / {len(dataset.val)}) "
                          f"are not the coursework's ({R.TRAIN_IMAGES} / {R.VAL_IMAGES})")
     print(f"calibrate: {stand_in} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
-    published = R.load()
+    published = R.load(ROOT / paths.REFERENCE)  # from any working directory
     rows, curves, bands = [], {}, {}
     for precision in precisions:
         for name in args.variants:
