@@ -46,7 +46,12 @@ TINY = ["-S", "model.filters=4", "-S", "data.synthetic_train_size=600", "-S", "d
 def test_the_rest_trains_the_other_variants_from_the_committed_baseline(tmp_path: Path):
     """Quick start (tiny sizes added with -S), commit it as the README's baseline, run the
     printed command for the rest: every other variant trains, the five are not retrained."""
-    project = copy_project(tmp_path / "project")  # params.yaml as committed: every variant
+    project = copy_project(tmp_path / "project")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    others = [name for name in params["variants"] if name not in FINDING]
+    for name in others[2:]:  # two others are enough to show the rest trains them, and cost less
+        del params["variants"][name]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git_init(project)
     first = run([PYTHON, "-m", "gradflow.quickstart", *TINY], cwd=project)
     assert "| VGG_38 |" in first.stdout
@@ -57,9 +62,8 @@ def test_the_rest_trains_the_other_variants_from_the_committed_baseline(tmp_path
     assert set(yaml.safe_load((project / "params.yaml").read_text())["variants"]) == set(FINDING)
 
     second = run(["bash", "-c", rest.replace("python -m", f"{PYTHON} -m")], cwd=project)
-    others = set(yaml.safe_load((project / "params.yaml").read_text())["variants"]) - set(FINDING)
-    assert len(others) == 7
-    for name in others:
+    assert set(yaml.safe_load((project / "params.yaml").read_text())["variants"]) == {*FINDING, *others[:2]}
+    for name in others[:2]:
         assert (project / "metrics" / f"{name}.json").is_file(), name
         assert f"stage 'train@{name}'" in second.stdout + second.stderr
     for name in FINDING:
