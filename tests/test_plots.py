@@ -260,7 +260,7 @@ def test_dvc_plots_diff_overlays_two_commits(plotted, tmp_path):
     assert curves["encoding"]["color"]["field"] == "rev"  # the epoch_curves template, filled
     assert curves["encoding"]["column"]["field"] == "field"
     assert curves["encoding"]["x"]["field"] == "images_seen"  # the points inside an epoch too
-    assert curves["encoding"]["y"]["axis"]["format"] == ".3~g"  # 0.031 reads 0.031, not 0
+    assert curves["encoding"]["y"]["axis"]["format"] == ".4~g"  # 0.031 reads 0.031, not 0; 4.605 not 4.61
     flow = by_title["plots/grad_flow/VGG_38.csv"]
     assert flow["encoding"]["y"]["scale"]["type"] == "log"
     # aligned by depth (the k-th conv/linear), one row per snapshot epoch, revisions by colour
