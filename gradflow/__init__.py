@@ -4,7 +4,8 @@ The library behind the DVC stages in `stages/`. Read in this order:
 
   params     params.yaml parsed once into typed dataclasses; the resolved config of one run
   errors     the two mistakes a user can make: bad params (ParamsError), bad files (DataError)
-  cli        the stages' entry-point wrapper: one line and an exit code, never a traceback
+  cli        the stages' entry-point wrapper: one line and an exit code, never a traceback;
+             which params.yaml keys differ from the last commit
   paths      every file the pipeline reads or writes, in one place
   files      atomic writes and checked reads
   memory     the check stage's estimate of a run's memory
@@ -12,10 +13,10 @@ The library behind the DVC stages in `stages/`. Read in this order:
   data       sources (CIFAR-100, synthetic), the dataset file, batched augmentation
   model      the coursework's VGG family and the fixes as switches
   loss       the training loss (deep supervision's auxiliary heads included)
-  device     the device and precision a run uses
+  device     the device and precision a run uses; one-thread sections for byte-stable results
   fastpath   the training step: eager, torch.compile or a CUDA graph
   capture    per-layer gradient statistics during training
-  live       DVCLive: per-epoch progress while a variant trains
+  live       DVCLive: the curves' latest point while a variant trains
   training   the training loop
   theory     the mean-field prediction of the gradients at initialisation
   probe      gradients, activations and the forward signal of saved weights on a probe batch
@@ -23,6 +24,7 @@ The library behind the DVC stages in `stages/`. Read in this order:
   figures    the report's figures
   report     plots/results.md
   vega       the offline page `dvc plots show` fills
+  quickstart the README's main job: one `dvc exp run` of the five variants of the finding
 
 Importing it has no side effects.
 """
