@@ -30,7 +30,9 @@ from gradflow.errors import ParamsError  # re-exported: stages and tests use P.P
 PARAMS_FILE = Path("params.yaml")
 SECTIONS = ("data", "model", "train", "variants", "gradients", "sweep")  # all required in the file
 CIFAR100_TRAIN_SIZE = 50_000  # data.val_size must stay below it
-MAX_NAME = 100  # characters in a variant's name; file names stop at 255 bytes
+MAX_NAME = 100  # bytes (UTF-8) in a variant's name; file names stop at 255 bytes
+MAX_SEED = 2**32 - 1  # seeds are mixed into torch generator seeds (seed * 1_000_003 + ...): no overflow
+MAX_RATE = 1e30  # lr, weight decay, eta_min: fp32 holds them (up to 3.4e38) with room for lr x grad
 
 
 
@@ -53,7 +55,7 @@ class DataLimits:
 @dataclass(frozen=True)
 class DataParams(DataLimits):
     source: Literal["cifar100", "synthetic"]
-    seed: int = field(metadata=_check(0))  # train/validation split and synthetic data
+    seed: int = field(metadata=_check(0, MAX_SEED))  # train/validation split and synthetic data
     val_size: int = field(metadata=_check(1))
     synthetic_train_size: int = field(metadata=_check(2))  # before the split
     synthetic_test_size: int = field(metadata=_check(1))
@@ -74,15 +76,15 @@ class ModelParams:
 class TrainParams:
     epochs: int = field(metadata=_check(1))
     batch_size: int = field(metadata=_check(1))
-    lr: float = field(metadata=_check(0, exclusive_min=True))
-    weight_decay: float = field(metadata=_check(0))
+    lr: float = field(metadata=_check(0, MAX_RATE, exclusive_min=True))
+    weight_decay: float = field(metadata=_check(0, MAX_RATE))
     optimizer: Literal["adam", "sgd"]  # sgd: with `momentum`, no per-parameter scaling
     momentum: float = field(metadata=_check(0, 1))  # SGD's momentum (optimizer: sgd only)
     # Adam divides by sqrt(v) + eps: gradients far below eps (VGG_38's first layers: 1e-18)
     # get updates of ~lr * g / eps, i.e. none. A tiny eps makes Adam scale-invariant there too.
     adam_eps: float = field(metadata=_check(0, exclusive_min=True))
-    eta_min: float = field(metadata=_check(0))  # cosine annealing floor
-    seed: int = field(metadata=_check(0))
+    eta_min: float = field(metadata=_check(0, MAX_RATE))  # cosine annealing floor
+    seed: int = field(metadata=_check(0, MAX_SEED))
     device: str  # auto | cpu | cuda | cuda:N | mps
     crop_padding: int = field(metadata=_check(0, 16))
     flip: bool
@@ -122,8 +124,8 @@ class Variant:
     # Training settings this variant overrides; null keeps `train`'s value.
     epochs: Optional[int] = field(default=None, metadata=_check(1))
     batch_size: Optional[int] = field(default=None, metadata=_check(1))
-    lr: Optional[float] = field(default=None, metadata=_check(0, exclusive_min=True))
-    weight_decay: Optional[float] = field(default=None, metadata=_check(0))
+    lr: Optional[float] = field(default=None, metadata=_check(0, MAX_RATE, exclusive_min=True))
+    weight_decay: Optional[float] = field(default=None, metadata=_check(0, MAX_RATE))
     optimizer: Optional[Literal["adam", "sgd"]] = None
     adam_eps: Optional[float] = field(default=None, metadata=_check(0, exclusive_min=True))
 
@@ -270,8 +272,8 @@ def _convert(value, tp, path: str, meta: dict):
         for k, v in value.items():
             if not isinstance(k, str) or not k.replace("_", "").isalnum():
                 raise ParamsError(f"{path}.{k}: names may use letters, digits and '_' only")
-            if len(k) > MAX_NAME:  # it names files: models/.resume/<name>.pt.corrupt, temporaries
-                raise ParamsError(f"{path}.{k[:24]}...: a name of {len(k)} characters; at most "
+            if len(k.encode()) > MAX_NAME:  # it names files: models/.resume/<name>.pt.corrupt, temporaries
+                raise ParamsError(f"{path}.{k[:24]}...: a name of {len(k.encode())} bytes (UTF-8); at most "
                                   f"{MAX_NAME} (it names the run's files)")
             out[k] = _convert(v if v is not None else {}, value_type, f"{path}.{k}", {})
         return out

@@ -345,7 +345,7 @@ def test_the_memory_estimate_passes_the_shipped_params():
 def test_a_250_character_variant_name_is_one_line(project):
     params = tiny()
     params["variants"]["V" * 250] = {"depth": 8}
-    check_refuses(project, yaml.safe_dump(params, sort_keys=False), "variants.VVVV", "250 characters", "at most 100")
+    check_refuses(project, yaml.safe_dump(params, sort_keys=False), "variants.VVVV", "250 bytes", "at most 100")
 
 
 def test_a_duplicate_key_is_refused_by_the_projects_own_loader(project):

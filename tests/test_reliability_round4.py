@@ -47,3 +47,30 @@ def test_what_is_not_a_file_at_the_archive_path_is_left_alone(cifar_project: Pat
     assert path.is_symlink() or path.exists()
     if kind == "directory":
         assert (path / "notes.txt").read_text() == "mine"
+
+
+# --- values the check let through, then a traceback after DVC had deleted the outputs -----------
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("train.seed", 2**63 - 1, "must be <= 4294967295"),
+    ("data.seed", 10**14, "must be <= 4294967295"),
+    ("train.lr", 1e39, "must be <= 1e+30"),
+    ("train.weight_decay", 1e300, "must be <= 1e+30"),
+    ("train.eta_min", 1e300, "must be <= 1e+30"),
+], ids=["train.seed", "data.seed", "lr", "weight_decay", "eta_min"])
+def test_values_past_what_training_can_hold_are_refused_by_the_check(project: Path, key, value, fragment):
+    import yaml
+    from conftest import setting
+    from test_reliability import tiny
+    from test_reliability_round3 import check_refuses
+    check_refuses(project, yaml.safe_dump(setting(key, value)(tiny()), sort_keys=False), key, fragment)
+
+
+def test_a_name_longer_than_100_bytes_in_utf8_is_refused(project: Path):
+    """40 CJK characters are 120 bytes: within 100 characters, past what a file name holds."""
+    import yaml
+    from test_reliability import tiny
+    from test_reliability_round3 import check_refuses
+    params = tiny()
+    params["variants"]["深" * 40] = {"depth": 8}
+    check_refuses(project, yaml.safe_dump(params, sort_keys=False, allow_unicode=True), "120 bytes", "at most 100")
