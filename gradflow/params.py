@@ -37,6 +37,13 @@ MAX_RATE = 1e30  # lr, weight decay, eta_min: fp32 holds them (up to 3.4e38) wit
 
 
 
+def _shown(value, limit: int = 80) -> str:
+    """repr(value) for an error line, cut to `limit` characters: a 200,000-character value is
+    not echoed whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text):,} characters)"
+
+
 class _OutOfRange(ParamsError):
     """The right type but outside its bounds: a Union reports this, not a type mismatch."""
 
@@ -266,7 +273,7 @@ def _convert(value, tp, path: str, meta: dict):
         return _build(tp, value, path)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ParamsError(f"{path}: expected a mapping, got {value!r}")
+            raise ParamsError(f"{path}: expected a mapping, got {_shown(value)}")
         _, value_type = typing.get_args(tp)
         out = {}
         for k, v in value.items():
@@ -289,22 +296,22 @@ def _convert(value, tp, path: str, meta: dict):
                 raise  # `lr: 0` in an Optional[float] is "must be > 0", not "expected a number"
             except ParamsError:
                 pass
-        raise ParamsError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        raise ParamsError(f"{path}: expected {_type_name(tp)}, got {_shown(value)}")
     if origin is Literal:
         for allowed in typing.get_args(tp):
             if value == allowed and type(value) is type(allowed):
                 return value
-        raise ParamsError(f"{path}: expected one of {_type_name(tp)}, got {value!r}")
+        raise ParamsError(f"{path}: expected one of {_type_name(tp)}, got {_shown(value)}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ParamsError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+            raise ParamsError(f"{path}: expected {_type_name(tp)}, got {_shown(value)}")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             if not value and not meta.get("may_be_empty"):
                 raise ParamsError(f"{path}: expected a non-empty list")
             return tuple(_convert(v, args[0], f"{path}[{i}]", meta) for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ParamsError(f"{path}: expected a list of {len(args)} values, got {value!r}")
+            raise ParamsError(f"{path}: expected a list of {len(args)} values, got {_shown(value)}")
         return tuple(_convert(v, a, f"{path}[{i}]", meta) for i, (v, a) in enumerate(zip(value, args)))
     # Scalars. bool is a subclass of int in Python: keep `true` out of integer fields.
     if tp is bool:
@@ -317,13 +324,13 @@ def _convert(value, tp, path: str, meta: dict):
     else:
         ok = isinstance(value, tp)
     if not ok:
-        raise ParamsError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        raise ParamsError(f"{path}: expected {_type_name(tp)}, got {_shown(value)}")
     low, high = meta.get("min"), meta.get("max")
     if low is not None and (value < low or (meta.get("exclusive_min") and value == low)):
         bound = f"> {low}" if meta.get("exclusive_min") else f">= {low}"
-        raise _OutOfRange(f"{path}: must be {bound}, got {value!r}")
+        raise _OutOfRange(f"{path}: must be {bound}, got {_shown(value)}")
     if high is not None and value > high:
-        raise _OutOfRange(f"{path}: must be <= {high}, got {value!r}")
+        raise _OutOfRange(f"{path}: must be <= {high}, got {_shown(value)}")
     return value
 
 
@@ -331,7 +338,7 @@ def _build(cls, raw, path: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping, got {raw!r}")
+        raise ParamsError(f"{path}: expected a mapping, got {_shown(raw)}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
@@ -371,7 +378,7 @@ def _validate(p: Params) -> None:
     if p.train.device not in ("auto", "cpu", "cuda", "mps") and not (
             p.train.device.startswith("cuda:") and p.train.device[5:].isdigit()):
         raise ParamsError(f"train.device: expected auto | cpu | cuda | cuda:N | mps, "
-                          f"got {p.train.device!r}")
+                          f"got {_shown(p.train.device)}")
     train_size = CIFAR100_TRAIN_SIZE if p.data.source == "cifar100" else p.data.synthetic_train_size
     if p.data.val_size >= train_size:
         where = ("CIFAR-100's training set" if p.data.source == "cifar100"

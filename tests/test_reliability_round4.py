@@ -74,3 +74,11 @@ def test_a_name_longer_than_100_bytes_in_utf8_is_refused(project: Path):
     params = tiny()
     params["variants"]["深" * 40] = {"depth": 8}
     check_refuses(project, yaml.safe_dump(params, sort_keys=False, allow_unicode=True), "120 bytes", "at most 100")
+
+
+def test_a_huge_bad_value_is_not_echoed_whole():
+    from conftest import default_params, merged
+    from gradflow.params import ParamsError, parse
+    with pytest.raises(ParamsError) as refused:
+        parse(merged(default_params(), {"train": {"device": "x" * 200_000}}))
+    assert len(str(refused.value)) < 300 and "200,002 characters" in str(refused.value)
