@@ -224,7 +224,28 @@ def load_dataset(data: DataLimits, path: Path = DATASET_FILE, manifest: Path = M
     raw = require_keys(path, torch_load(path, refetch),
                        [f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels")]
                        + ["classes"], refetch)
+    require_contents(path, raw, refetch)
     return Dataset.from_raw(raw, info["source"], data, actual)
+
+
+def require_contents(path: Path, raw: dict, what_to_do: str) -> None:
+    """DataError unless every split holds uint8 images (N, 3, 32, 32) and as many int64 labels
+    in 0..NUM_CLASSES-1, N > 0: a file whose manifest matches but whose content is wrong would
+    otherwise fail deep in training (or, as float images, train silently to "stuck")."""
+    for split in ("train", "val", "test"):
+        images, labels = raw[f"{split}_images"], raw[f"{split}_labels"]
+        if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4
+                and tuple(images.shape[1:]) == (3, 32, 32) and len(images) > 0):
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            dtype = getattr(images, "dtype", "")
+            raise DataError(f"{path}: {split}_images is {shape} {dtype}, not N > 0 uint8 images of "
+                            f"3 x 32 x 32; {what_to_do}")
+        if not (isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and labels.dim() == 1
+                and len(labels) == len(images)):
+            raise DataError(f"{path}: {split}_labels does not hold one int64 label per image "
+                            f"({len(images)}); {what_to_do}")
+        if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+            raise DataError(f"{path}: {split}_labels go outside 0..{NUM_CLASSES - 1}; {what_to_do}")
 
 
 # --- batched augmentation -----------------------------------------------------------------

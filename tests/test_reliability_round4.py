@@ -1,4 +1,5 @@
-"""Reliability round four: whatever the user put at the CIFAR-100 archive's path stays there.
+"""Reliability round four: whatever the user put at the CIFAR-100 archive's path stays there;
+values and files that passed the checks and then broke training are refused up front.
 
 A symlink (to a missing file or a folder), a FIFO or a directory at data/raw/ is not an archive
 the fetch stage wrote: it says what is there in one line, exit 2, and leaves it as it is
@@ -82,3 +83,33 @@ def test_a_huge_bad_value_is_not_echoed_whole():
     with pytest.raises(ParamsError) as refused:
         parse(merged(default_params(), {"train": {"device": "x" * 200_000}}))
     assert len(str(refused.value)) < 300 and "200,002 characters" in str(refused.value)
+
+
+@pytest.mark.parametrize("damage", ["16x16 images", "labels past 99", "unequal lengths", "empty split",
+                                    "float images"])
+def test_a_dataset_whose_manifest_matches_but_content_is_wrong_is_one_line(fetched: Path, damage: str):
+    """The file is rewritten and its manifest's md5 updated, as a hand-made dataset would be: the
+    train stage refuses it in one line before training, and writes nothing."""
+    import json
+
+    import torch
+
+    from gradflow.files import md5sum
+    path, manifest = fetched / "data" / "dataset.pt", fetched / "data" / "manifest.json"
+    raw = torch.load(path, weights_only=True)
+    if damage == "16x16 images":
+        raw["train_images"] = raw["train_images"][:, :, :16, :16].contiguous()
+    elif damage == "labels past 99":
+        raw["val_labels"] = raw["val_labels"] + 100
+    elif damage == "unequal lengths":
+        raw["train_labels"] = raw["train_labels"][:-1]
+    elif damage == "empty split":
+        raw["test_images"], raw["test_labels"] = raw["test_images"][:0], raw["test_labels"][:0]
+    else:
+        raw["train_images"] = raw["train_images"].float()
+    torch.save(raw, path)
+    info = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**info, "dataset_md5": md5sum(path)}))
+    proc = stage("train", "VGG_08", cwd=fetched, check=False)
+    one_line(proc, "data/dataset.pt", "dvc repro -f fetch")
+    assert not (fetched / "models" / "VGG_08.pt").exists() and not (fetched / "dvclive" / "VGG_08").exists()
