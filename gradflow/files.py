@@ -199,12 +199,44 @@ def write_json(path: Path | str, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def torch_save(path: Path | str, obj) -> None:
+DIGEST = "sha256"  # the key torch_save adds to a dict: a digest of everything else in it
+
+
+def content_digest(obj) -> str:
+    """sha256 over a saved object's tensors (dtype, shape, bytes) and other leaves (repr), in
+    order: torch.load reads tensor bytes without checking them, so damage there loads silently."""
+    import torch
+
+    h = hashlib.sha256()
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{t.dtype}{tuple(x.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                h.update(repr(k).encode())
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            h.update(f"{type(x).__name__}{len(x)}".encode())
+            for v in x:
+                walk(v)
+        else:
+            h.update(repr(x).encode())
+    walk(obj)
+    return h.hexdigest()
+
+
+def torch_save(path: Path | str, obj, digest: bool = True) -> None:
     """torch.save, byte-stable: saved to a path, the archive records that (temporary) file's
     name inside the zip, so equal tensors would give different bytes and DVC hashes; saved to a
-    buffer, the record name is always `archive`."""
+    buffer, the record name is always `archive`. A dict gets its content digest under DIGEST,
+    which torch_load checks (`digest=False`: a file checked otherwise, as the dataset by md5)."""
     import torch  # here, not at the top: the check stage writes files without importing torch
 
+    if digest and isinstance(obj, dict):
+        obj = {**obj, DIGEST: content_digest(obj)}
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
@@ -270,6 +302,11 @@ def torch_load(path: Path | str, what_to_do: str, map_location="cpu", kind: type
     if not isinstance(value, kind):
         raise DataError(f"{path}: expected a saved {kind.__name__}, got {type(value).__name__}; "
                         f"{what_to_do}")
+    if isinstance(value, dict) and DIGEST in value:
+        stored = value.pop(DIGEST)
+        if content_digest(value) != stored:
+            raise DataError(f"{path}: damaged (its contents do not match the digest saved with "
+                            f"them); {what_to_do}")
     return value
 
 

@@ -110,7 +110,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(0 if cifar100_available() else 1)
     data = P.load_resolved(args.config, P.DataParams) if args.config else P.load().data
     dataset, origin = SOURCES[data.source](data)
-    torch_save(DATASET_FILE, dataset)
+    torch_save(DATASET_FILE, dataset, digest=False)  # its md5 is in the manifest
     write_json(MANIFEST_FILE, {
         "source": data.source,
         **origin,

@@ -113,3 +113,22 @@ def test_a_dataset_whose_manifest_matches_but_content_is_wrong_is_one_line(fetch
     proc = stage("train", "VGG_08", cwd=fetched, check=False)
     one_line(proc, "data/dataset.pt", "dvc repro -f fetch")
     assert not (fetched / "models" / "VGG_08.pt").exists() and not (fetched / "dvclive" / "VGG_08").exists()
+
+
+def test_damage_inside_a_saved_tensor_is_found_on_load(tmp_path: Path):
+    """torch.load reads tensor bytes unchecked: 64 bytes flipped mid-file loaded as other weights
+    (a resume went on to 'diverged'). torch_save's digest finds it; the resume checkpoint is then
+    set aside and training starts over (gradflow.training.Checkpoint.load)."""
+    import torch
+
+    from gradflow.errors import DataError
+    from gradflow.files import torch_load, torch_save
+    path = tmp_path / "weights.pt"
+    torch_save(path, {"epoch": 1, "model": {"w": torch.arange(300_000, dtype=torch.float32)}})
+    assert torch.equal(torch_load(path, "")["model"]["w"], torch.arange(300_000, dtype=torch.float32))
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="damaged"):
+        torch_load(path, "rerun it")
