@@ -23,6 +23,7 @@ import yaml
 
 from conftest import DVC, ROOT, copy_project, rule_verdict, run, stage, write_params
 from gradflow import figures as Fg
+from gradflow.files import torch_load, torch_save
 from gradflow.model import VGG, depth_positions, probed_parameters
 from gradflow.params import ModelParams, Variant
 from gradflow.reference import COURSEWORK, PublicRun
@@ -198,10 +199,10 @@ def test_missing_and_diverged_variants_and_no_sweep(plotted, tmp_path):
     metrics.update(verdict="diverged", test_acc=None, test_loss=None, best_val_acc=None,
                    final_train_loss=None)
     (project / "metrics/VGG_38_BN_lr1e2.json").write_text(json.dumps(metrics))
-    model = torch.load(project / "models/VGG_38.pt", weights_only=True)
+    model = torch_load(project / "models/VGG_38.pt", "")  # the stage's own reader and writer:
     model["run"].update(variant="VGG_38_BN_lr1e2", status="diverged", diverged_epoch=1,
                         epochs_run=0, best_epoch=0)
-    torch.save(model, project / "models/VGG_38_BN_lr1e2.pt")
+    torch_save(project / "models/VGG_38_BN_lr1e2.pt", model)  # a new content digest with it
     (project / "plots/history/VGG_38_BN_lr1e2.csv").write_text(
         (project / "plots/history/VGG_38.csv").read_text().splitlines()[0] + "\n")
     flow = pd.read_csv(project / "plots/grad_flow/VGG_38.csv")
