@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from gradflow.errors import UserError
+from gradflow.params import PARAMS_FILE
 
 
 class Interrupted(BaseException):
@@ -85,7 +86,7 @@ def changed_keys(old, new, prefix: str = "") -> list[str]:
     return [] if same else [prefix.rstrip(".") or "(the whole file)"]
 
 
-def drift_note(path: Path = Path("params.yaml"), shown: int = 6) -> str | None:
+def drift_note(path: Path = PARAMS_FILE, shown: int = 6) -> str | None:
     """One line naming the keys of params.yaml that differ from the last commit's (git HEAD)
     and the command that restores them; None when none do, or outside a git repository."""
     try:
@@ -103,6 +104,6 @@ def drift_note(path: Path = Path("params.yaml"), shown: int = 6) -> str | None:
     lock = subprocess.run(["git", "cat-file", "-e", "HEAD:./dvc.lock"], capture_output=True).returncode == 0
     files = f"{path} dvc.lock" if lock else str(path)  # dvc.lock too where the commit has one
     more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
-    return (f"params.yaml differs from the last commit in {', '.join(keys[:shown])}{more} "
+    return (f"{path} differs from the last commit in {', '.join(keys[:shown])}{more} "
             f"(dvc exp run -S leaves its values there for the next run); to start from the commit: "
             f"touch {files} && git checkout HEAD -- {files}")

@@ -83,7 +83,8 @@ def main(argv: list[str]) -> int:
     table = paths.RESULTS.read_text().split("| variant", 1)[1].split("\n\n", 1)[0]
     print("| variant" + table)
     if not args.rest:
-        restore = f"touch params.yaml && git checkout {start} -- params.yaml && " if start else ""
+        file = P.PARAMS_FILE
+        restore = f"touch {file} && git checkout {start} -- {file} && " if start else ""
         more = "".join(f" -S {shlex.quote(value)}" for value in args.extra)
         print(f"\nThe other {len(variants) - len(FINDING)} variants and a depth sweep, same sizes: "
               f"{restore}python -m gradflow.quickstart --rest{more}")

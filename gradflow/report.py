@@ -161,7 +161,8 @@ def why_different(name: str, m: dict, expected: str, published: list[PublicRun])
         causes.append(f"the published runs' mean training loss in epoch {epochs} is {gap:.3f} or more from "
                       f"ln 100, outside the rule's {STUCK_LOSS_BAND} for \"stuck\", and their accuracy "
                       f"is not above chance: the rule says undecided there, not learns")
-    return text + ". " + "; ".join(c[0].upper() + c[1:] for c in causes[:1]) + "".join(f"; {c}" for c in causes[1:]) + "."
+    causes[0] = causes[0][0].upper() + causes[0][1:]
+    return text + ". " + "; ".join(causes) + "."
 
 
 def why_story(runs: dict, expected: dict[str, str], published: dict[str, list[PublicRun]]) -> list[str]:
@@ -321,7 +322,8 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, published: dict[str, list[
              "(training) is mean |grad| of the first conv over the last conv at the first and last "
              "sampled training step, on that step's training batch (the training capture); the "
              "theory table below measures the same ratio on the probe (fixed validation images, "
-             "the initial weights), so the two differ a little; signal share is the part of the logits' second moment that "
+             "the initial weights), so the two differ a little; signal share is the part of the "
+             "logits' second moment that "
              "depends on the image (variance across the probe images over the total, per logit, "
              "averaged; float64: gradflow/probe.py), at the first and last probed snapshot. "
              "Timings are not here (they differ on every run): see dvclive/<variant>/timings.json.",

@@ -229,8 +229,8 @@ def fit(cfg: RunConfig, dataset: Dataset, *, workdir: Path | None = None, checkp
     """Train one variant. With `workdir`, save weight snapshots at the configured epochs and a
     resume checkpoint after every epoch there. With `on_point`, the run also stops every
     train.eval_every images inside an epoch to evaluate a point of its curves, and calls
-    `on_point(points)` (rank 0) after each point and each epoch's end. `stop_after` ends the run after that many epochs of its schedule (the
-    calibration: the first 3 of the coursework's 100). The steps below, in the order they run:
+    `on_point(points)` (rank 0) after each point and each epoch's end. `stop_after` ends the run
+    after that many epochs of its schedule (the calibration: the first 3 of the coursework's 100). The steps below, in the order they run:
     build (and restore), then one epoch and its end until the last epoch or a divergence, then finish."""
     run = Training.build(cfg, dataset, workdir, progress, checkpoint)
     epoch = run.start_epoch
@@ -455,17 +455,20 @@ class Training:
         v = evaluate(self.model, subset, self.augment, t.eval_batch_size, self.device,
                      self.channels_last, t.precision)
         self.model.train()
-        self._add_point(epoch, seen, (loss_total - since[0]) / (seen - since[2]),
-                        (correct_total - since[1]) / (seen - since[2]), v, len(subset), lr, on_point)
+        self._add_point(epoch, (loss_total, correct_total, seen), since, v, len(subset), lr, on_point)
         self.train_seconds -= time.perf_counter() - paused
         return loss_total, correct_total, seen
 
-    def _add_point(self, epoch: int, seen: int, train_loss: float, train_acc: float, v: dict,
-                   val_images: int, lr: float, on_point) -> None:
+    def _add_point(self, epoch: int, now: tuple[float, float, int], since: tuple[float, float, int],
+                   v: dict, val_images: int, lr: float, on_point) -> None:
+        """Record a point: `now` and `since` are (loss sum, correct count, images) of the epoch
+        at this point and at the last one; the training loss and accuracy cover what lies between."""
+        (loss, correct, seen), (loss_before, correct_before, seen_before) = now, since
         self.result.points.append({
             "epoch": epoch, "images_seen": (epoch - 1) * len(self.train_y) + seen,
-            "train_loss": train_loss, "train_acc": train_acc, "val_loss": v["loss"], "val_acc": v["acc"],
-            "val_images": val_images, "lr": lr})
+            "train_loss": (loss - loss_before) / (seen - seen_before),
+            "train_acc": (correct - correct_before) / (seen - seen_before),
+            "val_loss": v["loss"], "val_acc": v["acc"], "val_images": val_images, "lr": lr})
         if self.dist.main and on_point is not None:  # live progress (rank 0): the points so far
             on_point(self.result.points)
 
@@ -489,10 +492,9 @@ class Training:
             print(f"train: {self.progress}{name} epoch {epoch}/{t.epochs}: loss {totals.train_loss:.4f} "
                   f"acc {totals.train_acc:.4f} | val loss {v['loss']:.4f} acc {v['acc']:.4f} | "
                   f"{result.history[-1]['epoch_seconds']:.1f}s", file=sys.stderr)
-        n, (loss_before, correct_before, seen_before) = len(self.train_y), totals.since
-        self._add_point(epoch, n, (totals.train_loss * n - loss_before) / (n - seen_before),
-                        (totals.train_acc * n - correct_before) / (n - seen_before), v, len(self.val),
-                        totals.lr, on_point)
+        n = len(self.train_y)
+        self._add_point(epoch, (totals.train_loss * n, totals.train_acc * n, n), totals.since, v,
+                        len(self.val), totals.lr, on_point)
         if is_divergent(totals.train_loss):  # the rule in gradflow/verdict.py; the run stops here
             return self._stop_diverged(epoch, totals.train_loss)
         if self.workdir and self.dist.main:
