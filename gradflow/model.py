@@ -143,6 +143,11 @@ class VGG(nn.Module):
         return self.logit_linear_layer(x.mean(dim=(2, 3))), aux
 
 
+def is_conv(layer: str) -> bool:
+    """Whether a probed layer name (`block_0_1_conv_0`) is a 3x3 conv's weight."""
+    return re.search(r"conv_\d+$", layer) is not None
+
+
 def layer_name(param_name: str) -> str:
     """`block_0_1.conv_0.weight` -> `block_0_1_conv_0`; biases keep a `_bias` suffix."""
     stem, _, kind = param_name.rpartition(".")
@@ -163,7 +168,7 @@ def depth_positions(names: list[str]) -> list[float]:
     column) and by the figures, so the DVC charts and the PNGs line up the same way."""
     x, k = [], 0
     for name in names:
-        if re.search(r"(conv_\d+|linear_layer)$", name) and not name.startswith("aux"):
+        if (is_conv(name) or name.endswith("linear_layer")) and not name.startswith("aux"):
             k += 1
             x.append(float(k))
         else:

@@ -90,6 +90,9 @@ class TrainParams:
     # Adam divides by sqrt(v) + eps: gradients far below eps (VGG_38's first layers: 1e-18)
     # get updates of ~lr * g / eps, i.e. none. A tiny eps makes Adam scale-invariant there too.
     adam_eps: float = field(metadata=_check(0, exclusive_min=True))
+    # Deep supervision's companion-loss weight at epoch 1, decaying linearly to 0 (gradflow/loss.py);
+    # read only by variants with deep_supervision.
+    aux_weight: float = field(metadata=_check(0, MAX_RATE))
     eta_min: float = field(metadata=_check(0, MAX_RATE))  # cosine annealing floor
     seed: int = field(metadata=_check(0, MAX_SEED))
     device: str  # auto | cpu | cuda | cuda:N | mps
@@ -113,7 +116,7 @@ class TrainParams:
 
 
 # Fields a variant may override from `train`.
-TRAIN_OVERRIDES = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "adam_eps")
+TRAIN_OVERRIDES = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "adam_eps", "aux_weight")
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,6 @@ class Variant:
     init: Literal["default", "kaiming"] = "default"
     dense: bool = False
     deep_supervision: bool = False
-    aux_weight: float = field(default=0.3, metadata=_check(0))
     # Training settings this variant overrides; null keeps `train`'s value.
     epochs: Optional[int] = field(default=None, metadata=_check(1))
     batch_size: Optional[int] = field(default=None, metadata=_check(1))
@@ -135,6 +137,7 @@ class Variant:
     weight_decay: Optional[float] = field(default=None, metadata=_check(0, MAX_RATE))
     optimizer: Optional[Literal["adam", "sgd"]] = None
     adam_eps: Optional[float] = field(default=None, metadata=_check(0, exclusive_min=True))
+    aux_weight: Optional[float] = field(default=None, metadata=_check(0, MAX_RATE))
 
 
 @dataclass(frozen=True)

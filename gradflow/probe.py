@@ -132,7 +132,7 @@ def probe_run(cfg: RunConfig, dataset: Dataset, probe_size: int, device: torch.d
             why = "no 'model' in it" if isinstance(e, KeyError) else "its weights do not fit this variant's layers"
             raise DataError(f"{path}: not a snapshot of variant {cfg.name} ({why}: another variant's, "
                             f"or of other model settings); rerun its training (dvc repro -f train@{cfg.name})") from None
-        aux_weight = aux_weight_at(cfg.variant.aux_weight, epoch + 1, t.epochs)
+        aux_weight = aux_weight_at(cfg.train.aux_weight, epoch + 1, t.epochs)
         probed = probe(model, x, y, cfg.gradients.include_bias, aux_weight)
         depths = depth_positions([name for name, _, _ in probed])
         for i, (name, g, a) in enumerate(probed):

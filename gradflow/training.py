@@ -392,7 +392,7 @@ class Training:
         t, dist, device = self.cfg.train, self.dist, self.device
         started = time.perf_counter()
         self.model.train()
-        aux_weight = aux_weight_at(self.cfg.variant.aux_weight, epoch, t.epochs)
+        aux_weight = aux_weight_at(self.cfg.train.aux_weight, epoch, t.epochs)
         images, perm = self.augment.epoch(self.train_x, torch.Generator().manual_seed(t.seed * 1_000_003 + epoch))
         labels = self.train_y[perm]
         n, batch = len(self.train_y), t.batch_size

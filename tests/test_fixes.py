@@ -34,8 +34,10 @@ from gradflow.data import Augment, StandIn, synthetic
 from gradflow.model import VGG, probed_parameters
 from gradflow.params import SWEEP_FIXES, ModelParams, Variant
 from gradflow.loss import loss_fn
+from conftest import project_params
 
 CHANCE = math.log(100)
+AUX_WEIGHT = project_params().train.aux_weight  # deep supervision's, as params.yaml says
 FIXES = [f for f in SWEEP_FIXES if f != "none"]  # bn, rc, bn_rc, he, dense, dsn
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
@@ -83,7 +85,7 @@ def at_init() -> dict[str, dict]:
     for name in ["VGG_08", "none", *FIXES]:
         torch.manual_seed(0)
         v = variant(name)
-        out[name] = probe(VGG(v, ModelParams(filters=32, stages=3)), x, y, v.aux_weight)
+        out[name] = probe(VGG(v, ModelParams(filters=32, stages=3)), x, y, AUX_WEIGHT)
     return out
 
 
@@ -148,7 +150,7 @@ def train(name: str, stream, steps: int = MAX_STEPS, stop_below: float | None = 
     for step in range(steps):
         x, y = x_all[step * BATCH:(step + 1) * BATCH], y_all[step * BATCH:(step + 1) * BATCH]
         logits, aux = model(x)
-        loss, main = loss_fn(logits, aux, y, v.aux_weight, BATCH)
+        loss, main = loss_fn(logits, aux, y, AUX_WEIGHT, BATCH)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
