@@ -11,7 +11,8 @@ The library behind the DVC stages in `stages/`. Read in this order:
   memory     the check stage's estimate of a run's memory
   verdict    learns / stuck at chance / diverged, from binomial statistics
   data       sources (CIFAR-100, synthetic), the dataset file, batched augmentation
-  model      the coursework's VGG family and the fixes as switches
+  fixes      the registry of fixes: one class each, the piece it builds and what it is
+  model      the coursework's VGG family, built with the fixes a variant switches on
   loss       the training loss (deep supervision's auxiliary heads included)
   device     the device and precision a run uses; one-thread sections for byte-stable results
   fastpath   the training step: eager, torch.compile or a CUDA graph

@@ -6,13 +6,9 @@ average pooling and a linear classifier; every conv is 3x3 with F filters and is
 a leaky ReLU; PyTorch's default initialisation. depth = 2 + stages * (2 * blocks + 2) counts
 the convs plus the linear layer: 8 with no processing blocks, 38 with five per stage.
 
-Each fix is one small piece switched on by a `Variant` field:
-  batch_norm          BN after every conv, before the activation        (Ioffe & Szegedy 2015)
-  residual            x + body(x) before a processing block's last act. (He et al. 2016)
-  residual_reduction  the same on reduction blocks, avg-pooled skip
-  dense               each block sees all earlier outputs of its stage  (Huang et al. 2017)
-  deep_supervision    auxiliary classifiers after the early stages      (Lee et al. 2015)
-  init: kaiming       He initialisation, the fix of the root cause
+Each fix is one small class in gradflow/fixes.py, switched on by its `Variant` field; the
+network asks the switched-on fixes for its pieces (a norm layer, a skip, a block's input mixer,
+an early stage's head, the initialisation) and otherwise builds the plain design.
 
 Module names make the reference's layer names: a weight `block_0_1.conv_0.weight` is the
 layer `block_0_1_conv_0`.
@@ -26,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradflow.fixes import switched_on
 from gradflow.params import ModelParams, Variant, depth_error
 from gradflow.verdict import NUM_CLASSES
 
@@ -42,20 +39,21 @@ def conv3x3(c_in: int, c_out: int, bias: bool) -> nn.Conv2d:
 
 
 class ConvBlock(nn.Module):
-    """conv -> [BN] -> lrelu -> [avgpool] -> conv -> [BN] -> (+ skip) -> lrelu.
+    """conv -> norm -> lrelu -> [avgpool] -> conv -> norm -> (+ skip) -> lrelu.
 
     A processing block (no bias, no pooling) or a reduction block (bias, avg_pool2d(2) between
-    the convs), as in the reference. With `residual` the block input, average-pooled where the
-    block halves the resolution, is added before the last activation.
+    the convs), as in the reference; the norm is a fix's (batch norm) or none. With `residual`
+    the block input, average-pooled where the block halves the resolution, is added before the
+    last activation.
     """
 
-    def __init__(self, width: int, *, reduce: bool, batch_norm: bool, residual: bool):
+    def __init__(self, width: int, *, reduce: bool, norm, residual: bool):
         super().__init__()
         self.reduce, self.residual = reduce, residual
         self.conv_0 = conv3x3(width, width, bias=reduce)
-        self.bn_0 = nn.BatchNorm2d(width) if batch_norm else nn.Identity()
+        self.bn_0 = norm(width)
         self.conv_1 = conv3x3(width, width, bias=reduce)
-        self.bn_1 = nn.BatchNorm2d(width) if batch_norm else nn.Identity()
+        self.bn_1 = norm(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.leaky_relu(self.bn_0(self.conv_0(x)))
@@ -67,79 +65,60 @@ class ConvBlock(nn.Module):
         return F.leaky_relu(out)
 
 
-class DenseInput(nn.Module):
-    """Dense connectivity: concatenate the stage input and all earlier block outputs, and
-    bring them back to F channels with a 1x1 conv, so the next block is unchanged."""
-
-    def __init__(self, n_inputs: int, width: int):
-        super().__init__()
-        self.transition = nn.Conv2d(n_inputs * width, width, kernel_size=1, bias=False)
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.transition(torch.cat(features, dim=1))
-
-
-class AuxHead(nn.Module):
-    """Deep supervision: a companion classifier (global pool + linear) on a stage's output."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.linear = nn.Linear(width, NUM_CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x.mean(dim=(2, 3)))
-
-
 class VGG(nn.Module):
     def __init__(self, variant: Variant, model: ModelParams):
         super().__init__()
-        v = variant
-        width, n_blocks = model.filters, blocks_per_stage(v.depth, model.stages)
-        self.depth, self.stages, self.n_blocks = v.depth, model.stages, n_blocks
-        self.dense, self.deep_supervision = v.dense, v.deep_supervision
+        fixes = switched_on(variant)
+        width, n_blocks = model.filters, blocks_per_stage(variant.depth, model.stages)
+        self.depth = variant.depth
+
+        def norm(channels: int) -> nn.Module:  # the first fix's that has one, else none
+            return next((m for f in fixes if (m := f.norm(channels)) is not None), nn.Identity())
 
         self.input_conv = nn.Module()
         self.input_conv.conv_0 = conv3x3(3, width, bias=False)
         self.input_conv.bn_0 = nn.BatchNorm2d(width)
+        # The forward plan: per stage, its (mixer, block) names in order and its head's name.
+        self.plan: list[tuple[list[tuple[str | None, str]], str | None]] = []
         for s in range(model.stages):
-            for i in range(n_blocks):
-                if v.dense and i > 0:
-                    setattr(self, f"dense_{s}_{i}", DenseInput(i + 1, width))
-                setattr(self, f"block_{s}_{i}", ConvBlock(
-                    width, reduce=False, batch_norm=v.batch_norm, residual=v.residual))
-            if v.dense and n_blocks > 0:
-                setattr(self, f"dense_{s}_{n_blocks}", DenseInput(n_blocks + 1, width))
-            setattr(self, f"reduction_block_{s}", ConvBlock(
-                width, reduce=True, batch_norm=v.batch_norm, residual=v.residual_reduction))
+            steps = []
+            for i in range(n_blocks + 1):
+                reduce = i == n_blocks
+                mixer = self._add(fixes, lambda f: f.mixer(i + 1, width), f"{s}_{i}")
+                block = f"reduction_block_{s}" if reduce else f"block_{s}_{i}"
+                setattr(self, block, ConvBlock(width, reduce=reduce, norm=norm,
+                                               residual=any(f.skip(reduce) for f in fixes)))
+                steps.append((mixer, block))
             # The last stage is supervised by the main classifier already.
-            if v.deep_supervision and s < model.stages - 1:
-                setattr(self, f"aux_head_{s}", AuxHead(width))
+            head = self._add(fixes, lambda f: f.head(width), str(s)) if s < model.stages - 1 else None
+            self.plan.append((steps, head))
         self.logit_linear_layer = nn.Linear(width, NUM_CLASSES)
+        for f in fixes:
+            f.initialise(self)
 
-        if v.init == "kaiming":
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    # fan_in with the leaky ReLU gain: Var[w] = 2 / ((1 + 0.01^2) fan_in)
-                    nn.init.kaiming_normal_(m.weight, a=0.01, mode="fan_in",
-                                            nonlinearity="leaky_relu")
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
+    def _add(self, fixes: list, build, suffix: str) -> str | None:
+        """Register the piece of the first fix that builds one here, as `<its piece>_<suffix>`."""
+        for f in fixes:
+            module = build(f)
+            if module is not None:
+                setattr(self, f"{f.piece}_{suffix}", module)
+                return f"{f.piece}_{suffix}"
+        return None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Returns (logits, auxiliary logits); the auxiliary list is empty unless deep
-        supervision is on and the model is in training mode."""
+        """Returns (logits, auxiliary logits); the auxiliary list is empty unless a fix adds
+        heads and the model is in training mode."""
         x = F.leaky_relu(self.input_conv.bn_0(self.input_conv.conv_0(x)))
         aux = []
-        for s in range(self.stages):
-            features = [x]
-            for i in range(self.n_blocks + 1):
-                if self.dense and i > 0:
-                    x = getattr(self, f"dense_{s}_{i}")(features)
-                block = getattr(self, f"block_{s}_{i}" if i < self.n_blocks else f"reduction_block_{s}")
-                x = block(x)
+        for steps, head in self.plan:
+            features = [x]  # the stage input and each block's output: what a mixer sees
+            for mixer, block in steps:
+                if mixer:
+                    x = getattr(self, mixer)(features)
+                x = getattr(self, block)(x)
                 features.append(x)
-            if self.deep_supervision and self.training and s < self.stages - 1:
-                aux.append(getattr(self, f"aux_head_{s}")(x))
+            if head and self.training:
+                aux.append(getattr(self, head)(x))
         return self.logit_linear_layer(x.mean(dim=(2, 3))), aux
 
 

@@ -26,6 +26,7 @@ from typing import Literal, Optional, Union
 import yaml
 
 from gradflow.errors import ParamsError  # re-exported: stages and tests use P.ParamsError
+from gradflow.fixes import FIXES, Fix, switched_on, sweep_names, sweep_switches
 
 PARAMS_FILE = Path("params.yaml")
 SECTIONS = ("data", "model", "train", "variants", "gradients", "sweep")  # all required in the file
@@ -119,25 +120,25 @@ class TrainParams:
 TRAIN_OVERRIDES = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "adam_eps", "aux_weight")
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One architecture: the plain design at `depth`, the fixes it switches on, and the training
-    settings it overrides. The defaults here are "not changed", not values params.yaml repeats."""
-    depth: int = field(metadata=_check(2))  # required: no default an empty variant could take
-    batch_norm: bool = False
-    residual: bool = False
-    residual_reduction: bool = False
-    init: Literal["default", "kaiming"] = "default"
-    dense: bool = False
-    deep_supervision: bool = False
-    # Training settings this variant overrides; null keeps `train`'s value.
-    epochs: Optional[int] = field(default=None, metadata=_check(1))
-    batch_size: Optional[int] = field(default=None, metadata=_check(1))
-    lr: Optional[float] = field(default=None, metadata=_check(0, MAX_RATE, exclusive_min=True))
-    weight_decay: Optional[float] = field(default=None, metadata=_check(0, MAX_RATE))
-    optimizer: Optional[Literal["adam", "sgd"]] = None
-    adam_eps: Optional[float] = field(default=None, metadata=_check(0, exclusive_min=True))
-    aux_weight: Optional[float] = field(default=None, metadata=_check(0, MAX_RATE))
+def _switch_type(fix: Fix):
+    off, on = fix.values
+    return bool if (off, on) == (False, True) else Literal[off, on]
+
+
+def _override(name: str) -> tuple:
+    """A variant's field for the `train` setting `name`: its type and bounds, or None (keep train's)."""
+    train_field = next(f for f in dataclasses.fields(TrainParams) if f.name == name)
+    return name, Optional[typing.get_type_hints(TrainParams)[name]], field(default=None, metadata=train_field.metadata)
+
+
+Variant = dataclasses.make_dataclass("Variant", [
+    ("depth", int, field(metadata=_check(2))),  # required: no default an empty variant could take
+    *[(f.switch, _switch_type(f), field(default=f.values[0])) for f in FIXES.values()],
+    *[_override(name) for name in TRAIN_OVERRIDES],
+], frozen=True, namespace={"__module__": __name__, "__doc__": """One architecture: the plain design at
+    `depth`, the fixes it switches on (a field per fix of gradflow/fixes.py, off by default) and the
+    `train` settings it overrides (TRAIN_OVERRIDES; None keeps train's). The defaults mean "not
+    changed", not values params.yaml repeats."""})
 
 
 @dataclass(frozen=True)
@@ -161,23 +162,15 @@ class SweepParams:
     epochs: int = field(metadata=_check(1))
 
 
-# The fixes a sweep can apply, as variant switches.
-SWEEP_FIXES = {
-    "none": {},
-    "bn": {"batch_norm": True},
-    "rc": {"residual": True},
-    "bn_rc": {"batch_norm": True, "residual": True},
-    "he": {"init": "kaiming"},
-    "dense": {"dense": True},
-    "dsn": {"deep_supervision": True},
-}
-
-
 def sweep_fix(fix: str) -> dict:
-    """The variant switches of a sweep fix; an unknown one is a ParamsError."""
-    if fix not in SWEEP_FIXES:
-        raise ParamsError(f"sweep.fixes: unknown fix {fix!r} (known: {', '.join(SWEEP_FIXES)})")
-    return SWEEP_FIXES[fix]
+    """The variant switches of a sweep.fixes entry; an unknown one is a ParamsError."""
+    switches = sweep_switches(fix)
+    if switches is None:
+        raise ParamsError(f"sweep.fixes: unknown fix {_shown(fix)} (known: {', '.join(sweep_names())}, "
+                          f"or several joined by _, e.g. bn_rc)")
+    v = Variant(depth=0, **switches)  # the depth is checked with sweep.depths
+    _require_compatible(f"sweep.fixes: {fix}", switched_on(v), v)
+    return switches
 
 
 @dataclass(frozen=True)
@@ -366,8 +359,7 @@ def _validate(p: Params) -> None:
         raise ParamsError("variants.data: the name 'data' is reserved; pick another name")
     for name, v in p.variants.items():
         depth_error(v.depth, p.model.stages, f"variants.{name}.depth")
-        if v.residual_reduction and not v.residual:
-            raise ParamsError(f"variants.{name}.residual_reduction: needs residual: true")
+        _require_compatible(f"variants.{name}", switched_on(v), v)
     for d in p.sweep.depths:
         depth_error(d, p.model.stages, "sweep.depths")
     for fix in p.sweep.fixes:
@@ -390,6 +382,18 @@ def _validate(p: Params) -> None:
                           f"{train_size} images")
     if any(s <= 0 for s in p.train.std):
         raise ParamsError(f"train.std: every value must be > 0, got {list(p.train.std)}")
+
+
+def _require_compatible(path: str, fixes: list[Fix], v) -> None:
+    """A fix's `needs` is on too, and no two fixes build the same piece (two norm layers)."""
+    for fix in fixes:
+        needed = FIXES[fix.needs] if fix.needs else None
+        if needed and getattr(v, needed.switch) != needed.values[1]:
+            raise ParamsError(f"{path}.{fix.switch}: needs {needed.switch}: {json.dumps(needed.values[1])}")
+    for hook in ("norm", "mixer", "head"):
+        both = [f.switch for f in fixes if getattr(type(f), hook) is not getattr(Fix, hook)]
+        if len(both) > 1:
+            raise ParamsError(f"{path}: {' and '.join(both)} both build the {hook}; switch one off")
 
 
 def device_error(name: str) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from gradflow import params as P
 from gradflow.figures import FIGURES, run_summary
+from gradflow.fixes import switched_on
 from gradflow.model import LOGITS
 from gradflow.reference import COURSEWORK, PublicRun
 from gradflow.theory import SHARE_RESOLUTION
@@ -63,7 +64,8 @@ def expected_verdict(name: str, variant: P.Variant | None, published: dict[str, 
 
 
 def coursework_fix(v: P.Variant) -> bool:
-    return v.batch_norm or v.residual or v.dense or v.deep_supervision
+    """Whether a variant switches on one of the coursework's fixes (gradflow/fixes.py)."""
+    return any(f.coursework for f in switched_on(v))
 
 
 def ratio_text(log10_ratio) -> str:

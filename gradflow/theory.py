@@ -104,14 +104,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from torch import nn
+
 from gradflow.device import single_threaded
-from gradflow.model import blocks_per_stage
-from gradflow.verdict import NUM_CLASSES
+from gradflow.fixes import HeInit, switched_on
+from gradflow.model import VGG, ConvBlock, probed_parameters
 from gradflow.params import ModelParams, Variant
 
 SLOPE = 0.01  # F.leaky_relu's default negative slope
 IMAGE_SIZE = 32
-IN_CHANNELS = 3
 GAUSS_MEAN_ABS = math.sqrt(2 / math.pi)  # mean |g| / rms(g) for a zero-mean Gaussian
 
 
@@ -314,14 +315,17 @@ def input_kernel(images: torch.Tensor) -> Kernel:
 
 
 class _Conv:
-    def __init__(self, name: str, fan_in: int, fan_out: int, variant: Variant, bias: bool):
-        self.name, self.fan_in, self.fan_out = name, fan_in, fan_out
-        if variant.init == "kaiming":
+    """A built 3x3 conv's mean-field form: its weights' variance from the initialisation, PyTorch's
+    default or He's (gradflow.fixes.HeInit)."""
+
+    def __init__(self, name: str, conv: nn.Conv2d, he_init: bool):
+        self.name, self.channels_in, self.channels_out = name, conv.in_channels, conv.out_channels
+        fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        if he_init:
             self.w_var, self.b_var = 2 / ((1 + SLOPE ** 2) * fan_in), 0.0
         else:
             self.w_var, self.b_var = 1 / (3 * fan_in), 1 / (3 * fan_in)
-        self.bias = bias
-        self.channels_in, self.channels_out = fan_in // 9, fan_out // 9
+        self.bias = conv.bias is not None
         self.rectified_input = True  # False for the stem: the images are not a leaky ReLU's output
         self.gate_coherence = 0.0  # of the pre-activation whose leaky ReLU gates the backward
 
@@ -346,8 +350,10 @@ class _Conv:
 
 
 class _BN:
-    def __init__(self, name: str, channels: int):
-        self.name, self.channels = name, channels
+    def __init__(self, name: str, norm: nn.Module):
+        if not isinstance(norm, nn.BatchNorm2d):  # a fix claims a mean-field form this file lacks
+            raise NotImplementedError(f"{name}: no mean-field form of {type(norm).__name__} here")
+        self.name, self.channels = name, norm.num_features
 
     def forward(self, k: Kernel) -> Kernel:
         self.k_out, self.var = _batch_norm(k)
@@ -364,10 +370,11 @@ class _Block:
     """conv -> [BN] -> lrelu -> [pool] -> conv -> [BN] -> lrelu, as ConvBlock without a skip
     (residual blocks have no mean-field form here: `supported`)."""
 
-    def __init__(self, name: str, width: int, variant: Variant, reduce: bool):
-        self.reduce, self.name = reduce, name
-        self.convs = [_Conv(f"{name}_conv_{i}", 9 * width, 9 * width, variant, bias=reduce) for i in range(2)]
-        self.bns = [_BN(f"{name}_bn_{i}", width) for i in range(2)] if variant.batch_norm else [None, None]
+    def __init__(self, name: str, block: ConvBlock, he_init: bool):
+        self.reduce, self.name = block.reduce, name
+        self.convs = [_Conv(f"{name}_conv_{i}", conv, he_init) for i, conv in enumerate((block.conv_0, block.conv_1))]
+        self.bns = [None if isinstance(norm, nn.Identity) else _BN(f"{name}_bn_{i}", norm)
+                    for i, norm in enumerate((block.bn_0, block.bn_1))]
 
     def forward(self, k: Kernel, biases: bool) -> Kernel:
         u = self.convs[0].forward(k, biases)
@@ -400,13 +407,9 @@ class _Block:
         return b, rows
 
 
-def _in_model_order(rows: list, variant: Variant, model: ModelParams) -> list:
-    """Rows in the order of gradflow.model.probed_parameters (built on the meta device: no
-    memory, and the global random state is untouched)."""
-    from gradflow.model import VGG, probed_parameters
-    with torch.device("meta"):
-        names = [name for name, _ in probed_parameters(VGG(variant, model), include_bias=True)]
-    rank = {name: i for i, name in enumerate(names)}
+def _in_model_order(rows: list, net: VGG) -> list:
+    """Rows in the order of gradflow.model.probed_parameters."""
+    rank = {name: i for i, (name, _) in enumerate(probed_parameters(net, include_bias=True))}
     missing = [r.name for r in rows if r.name not in rank]
     if missing:
         raise AssertionError(f"theory rows not in the model: {missing}")
@@ -414,15 +417,15 @@ def _in_model_order(rows: list, variant: Variant, model: ModelParams) -> list:
 
 
 def supported(variant: Variant) -> bool:
-    """False where the switches have no simple mean-field form here (residual, dense, deep
-    supervision): see the module docstring."""
-    return not (variant.dense or variant.deep_supervision or variant.residual or variant.residual_reduction)
+    """False where a switched-on fix has no mean-field form here (gradflow/fixes.py says which:
+    residual, dense, deep supervision; see the module docstring)."""
+    return all(f.mean_field for f in switched_on(variant))
 
 
 @single_threaded
 def predict(variant: Variant, model: ModelParams, *, input_second_moment: float | None = None,
             input_kernel: Kernel | None = None, batch_size: int, biases: bool = True,
-            include_bias: bool = False, classes: int = NUM_CLASSES) -> Prediction | None:
+            include_bias: bool = False) -> Prediction | None:
     """Per-layer prediction at initialisation (see the module docstring), or None for a variant
     this model does not cover (residual, dense, deep supervision). Give the input's second moment (the
     input is then taken as uncorrelated between positions and images: the first BN removes its
@@ -434,22 +437,24 @@ def predict(variant: Variant, model: ModelParams, *, input_second_moment: float 
         if input_second_moment is None:
             raise ValueError("give input_second_moment or input_kernel")
         input_kernel = white_input(input_second_moment)
-    width, n_blocks = model.filters, blocks_per_stage(variant.depth, model.stages)
+    # The network as gradflow.model builds it, on the meta device (no memory, and the global
+    # random state is untouched): the prediction walks its layers instead of re-deriving them.
+    with torch.device("meta"):
+        net = VGG(variant, model)
+    he_init = any(isinstance(f, HeInit) for f in switched_on(variant))
+    width, classes = net.logit_linear_layer.in_features, net.logit_linear_layer.out_features
 
     # forward
-    stem = _Conv("input_conv_conv_0", 9 * IN_CHANNELS, 9 * width, variant, bias=False)
+    stem = _Conv("input_conv_conv_0", net.input_conv.conv_0, he_init)
     stem.rectified_input = False
-    stem_bn = _BN("input_conv_bn_0", width)
+    stem_bn = _BN("input_conv_bn_0", net.input_conv.bn_0)
     k = stem_bn.forward(stem.forward(input_kernel, biases))
     stem.gate_coherence = k.coherence()
     k, stem_d = _lrelu(k)
-    blocks = []
-    for s in range(model.stages):
-        for i in range(n_blocks + 1):
-            last = i == n_blocks
-            block = _Block(f"reduction_block_{s}" if last else f"block_{s}_{i}", width, variant, reduce=last)
-            k = block.forward(k, biases)
-            blocks.append(block)
+    blocks = [_Block(name, module, he_init) for name, module in net.named_children()
+              if isinstance(module, ConvBlock)]  # in forward order
+    for block in blocks:
+        k = block.forward(k, biases)
     h, w = k.same.shape[:2]
     q_features = k.same.mean().item()  # E[feature^2] after global average pooling
     # logit = W f + b, Var[w] = Var[b] = 1 / (3 width): its image-dependent part (1/3)(q - cross)
@@ -472,7 +477,7 @@ def predict(variant: Variant, model: ModelParams, *, input_second_moment: float 
     b = b * stem_d
     b = stem_bn.backward(b, batch_size, reverse)
     stem.backward(b, batch_size, reverse)
-    rows = _in_model_order(reverse + head, variant, model)
+    rows = _in_model_order(reverse + head, net)
     if not include_bias:
         rows = [r for r in rows if not r.kind.endswith("bias")]
     return Prediction(rows)

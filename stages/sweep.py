@@ -24,7 +24,7 @@ from gradflow.training import fit
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("depth", type=int)
-    parser.add_argument("fix", help=f"one of {', '.join(P.SWEEP_FIXES)}")
+    parser.add_argument("fix", help=f"one of {', '.join(P.sweep_names())}, or several joined by _ (bn_rc)")
     parser.add_argument("--config", help="the point's resolved config, written by the check stage "
                         "(dvc.yaml passes data/config/sweep-<depth>-<fix>.json); default: params.yaml")
     args = parser.parse_args(argv)

@@ -23,6 +23,7 @@ for deep supervision), not a crossing step.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -32,18 +33,18 @@ import torch.nn.functional as F
 from gradflow.capture import grad_stats
 from gradflow.data import Augment, StandIn, synthetic
 from gradflow.model import VGG, probed_parameters
-from gradflow.params import SWEEP_FIXES, ModelParams, Variant
+from gradflow.params import ModelParams, Variant, sweep_fix
 from gradflow.loss import loss_fn
 from conftest import project_params
 
 CHANCE = math.log(100)
 AUX_WEIGHT = project_params().train.aux_weight  # deep supervision's, as params.yaml says
-FIXES = [f for f in SWEEP_FIXES if f != "none"]  # bn, rc, bn_rc, he, dense, dsn
+FIXES = ["bn", "rc", "bn_rc", "he", "dense", "dsn"]  # as sweep.fixes names them
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
 def variant(name: str) -> Variant:
-    return Variant(depth=8) if name == "VGG_08" else Variant(depth=38, **SWEEP_FIXES[name])
+    return Variant(depth=8) if name == "VGG_08" else Variant(depth=38, **sweep_fix(name))
 
 
 # The tests' own easy stand-in (one centred object per class, strong class colour), so that a
@@ -217,3 +218,43 @@ def test_fix_trains_below_chance(stream, fix):
     _, losses = train(fix, stream, stop_below=BELOW_CHANCE)
     final = sum(losses[-WINDOW:]) / WINDOW
     assert final < BELOW_CHANCE, f"{fix}: still {final:.3f} after {len(losses)} steps"
+
+
+# A new fix is one @register'ed class in gradflow/fixes.py and its switch in params.yaml: this
+# one is appended to a copy of the project, and nothing else there is edited.
+TOY_FIX = '''
+
+@register
+class GroupNorm(Fix):
+    """A toy fix: GroupNorm (4 groups) after every block conv."""
+    switch, sweep, coursework = "group_norm", "gn", True
+
+    def norm(self, width: int) -> nn.Module:
+        return nn.GroupNorm(4, width)
+'''
+
+
+@pytest.mark.slow
+def test_a_new_fix_is_one_class_and_its_switch(tmp_path):
+    from conftest import DVC, copy_project, git_init, run, write_params
+    project = copy_project(tmp_path / "project")
+    with open(project / "gradflow" / "fixes.py", "a") as f:
+        f.write(TOY_FIX)
+    write_params(project, {"variants": {"VGG_08": {"depth": 8}, "VGG_14_GN": {"depth": 14, "group_norm": True}},
+                           "sweep": {"depths": [14], "fixes": ["none", "gn"], "epochs": 1}})
+    git_init(project)
+    run([DVC, "repro"], cwd=project)
+
+    # trained, with GroupNorm where batch norm would be
+    import torch
+    weights = torch.load(project / "models" / "VGG_14_GN.pt", weights_only=True)["model"]
+    assert weights["block_0_0.bn_0.weight"].shape == (32,) and "block_0_0.bn_0.running_mean" not in weights
+    assert "verdict" in json.loads((project / "metrics" / "VGG_14_GN.json").read_text())
+    # reported as a fix (the coursework's conclusion is expected of it), with no mean-field form
+    results = (project / "plots" / "results.md").read_text()
+    row = next(line for line in results.splitlines() if line.startswith("| VGG_14_GN") and "coursework" in line)
+    assert "learns (coursework's conclusion)" in row
+    assert any(line.startswith("| VGG_14_GN | no mean-field form") for line in results.splitlines())
+    # sweepable, under its sweep name
+    point = json.loads((project / "metrics" / "sweep" / "14-gn.json").read_text())
+    assert point["fix"] == "gn" and point["verdict"]
