@@ -264,52 +264,69 @@ def _type_name(tp) -> str:
 
 
 def _convert(value, tp, path: str, meta: dict):
+    """`value` as type `tp`, or a ParamsError naming `path`; `meta` holds the field's bounds."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ParamsError(f"{path}: expected a mapping, got {_shown(value)}")
-        _, value_type = typing.get_args(tp)
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str) or not k.replace("_", "").isalnum():
-                raise ParamsError(f"{path}.{k}: names may use letters, digits and '_' only")
-            if len(k.encode()) > MAX_NAME:  # it names files: models/.resume/<name>.pt.corrupt, temporaries
-                raise ParamsError(f"{path}.{k[:24]}...: a name of {len(k.encode())} bytes (UTF-8); at most "
-                                  f"{MAX_NAME} (it names the run's files)")
-            out[k] = _convert(v if v is not None else {}, value_type, f"{path}.{k}", {})
-        return out
+        return _convert_named(value, typing.get_args(tp)[1], path)
     if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            if option is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _convert(value, option, path, meta)
-            except _OutOfRange:
-                raise  # `lr: 0` in an Optional[float] is "must be > 0", not "expected a number"
-            except ParamsError:
-                pass
-        raise ParamsError(f"{path}: expected {_type_name(tp)}, got {_shown(value)}")
+        return _convert_union(value, tp, path, meta)
     if origin is Literal:
         for allowed in typing.get_args(tp):
             if value == allowed and type(value) is type(allowed):
                 return value
         raise ParamsError(f"{path}: expected one of {_type_name(tp)}, got {_shown(value)}")
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ParamsError(f"{path}: expected {_type_name(tp)}, got {_shown(value)}")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            if not value and not meta.get("may_be_empty"):
-                raise ParamsError(f"{path}: expected a non-empty list")
-            return tuple(_convert(v, args[0], f"{path}[{i}]", meta) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ParamsError(f"{path}: expected a list of {len(args)} values, got {_shown(value)}")
-        return tuple(_convert(v, a, f"{path}[{i}]", meta) for i, (v, a) in enumerate(zip(value, args)))
-    # Scalars. bool is a subclass of int in Python: keep `true` out of integer fields.
+        return _convert_tuple(value, tp, path, meta)
+    return _convert_scalar(value, tp, path, meta)
+
+
+def _convert_named(value, value_type, path: str) -> dict:
+    """A mapping of names (the variants) to values of `value_type`."""
+    if not isinstance(value, dict):
+        raise ParamsError(f"{path}: expected a mapping, got {_shown(value)}")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not k.replace("_", "").isalnum():
+            raise ParamsError(f"{path}.{k}: names may use letters, digits and '_' only")
+        if len(k.encode()) > MAX_NAME:  # it names files: models/.resume/<name>.pt.corrupt, temporaries
+            raise ParamsError(f"{path}.{k[:24]}...: a name of {len(k.encode())} bytes (UTF-8); at most "
+                              f"{MAX_NAME} (it names the run's files)")
+        out[k] = _convert(v if v is not None else {}, value_type, f"{path}.{k}", {})
+    return out
+
+
+def _convert_union(value, tp, path: str, meta: dict):
+    for option in typing.get_args(tp):
+        if option is type(None):
+            if value is None:
+                return None
+            continue
+        try:
+            return _convert(value, option, path, meta)
+        except _OutOfRange:
+            raise  # `lr: 0` in an Optional[float] is "must be > 0", not "expected a number"
+        except ParamsError:
+            pass
+    raise ParamsError(f"{path}: expected {_type_name(tp)}, got {_shown(value)}")
+
+
+def _convert_tuple(value, tp, path: str, meta: dict) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise ParamsError(f"{path}: expected {_type_name(tp)}, got {_shown(value)}")
+    args = typing.get_args(tp)
+    if len(args) == 2 and args[1] is Ellipsis:
+        if not value and not meta.get("may_be_empty"):
+            raise ParamsError(f"{path}: expected a non-empty list")
+        return tuple(_convert(v, args[0], f"{path}[{i}]", meta) for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise ParamsError(f"{path}: expected a list of {len(args)} values, got {_shown(value)}")
+    return tuple(_convert(v, a, f"{path}[{i}]", meta) for i, (v, a) in enumerate(zip(value, args)))
+
+
+def _convert_scalar(value, tp, path: str, meta: dict):
+    # bool is a subclass of int in Python: keep `true` out of integer fields.
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:
