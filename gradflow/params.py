@@ -445,9 +445,22 @@ def parse(raw: dict) -> Params:
     return params
 
 
+def read_yaml(text: str):
+    """YAML as DVC reads params.yaml (ruamel's safe loader: YAML 1.2), so the value `dvc exp
+    show` records is the value trained: `1:00` and `yes` are strings, `1e-3` a number (PyYAML,
+    YAML 1.1, reads 60, true and a string)."""
+    try:
+        from ruamel.yaml import YAML, YAMLError
+    except ImportError:  # no DVC installed (a bare GPU machine): no DVC to agree with
+        return yaml.load(text, Loader=_Loader)
+    try:
+        return YAML(typ="safe").load(text)
+    except YAMLError as e:  # one error type for the callers
+        raise yaml.YAMLError(str(e)) from None
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML follows YAML 1.1, where `1e-3` is a string; DVC (ruamel, YAML 1.2) reads it as a
-    number. Read it as a number too, so `lr: 1e-3` means the same to both."""
+    """Without ruamel: PyYAML, reading `1e-3` as a number as YAML 1.2 does (1.1: a string)."""
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
@@ -482,7 +495,7 @@ def load_resolved(path: Path | str, cls=None):
 def _duplicate_key(text: str) -> tuple[str, int] | None:
     """(key path, line) of the first key given twice in one mapping. PyYAML keeps the last
     silently; DVC's parser refuses the file, so the project's loader refuses it too."""
-    seen, stack = set(), [(yaml.compose(text, Loader=_Loader), "")]
+    seen, stack = set(), [(yaml.compose(text, Loader=yaml.SafeLoader), "")]
     while stack:
         node, path = stack.pop()
         if id(node) in seen:  # an alias: walked once (a YAML alias bomb stays cheap)
@@ -566,11 +579,13 @@ def load(path: Path | str = PARAMS_FILE, dvc_yaml: Path | None = None) -> Params
         if duplicate:
             raise ParamsError(f"{duplicate[0]}: given twice in {path} (line {duplicate[1]} repeats it); "
                               f"keep one")
-        raw = yaml.load(text, Loader=_Loader)
+        raw = read_yaml(text)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found (run from the project root)") from None
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        lines = [line.strip().replace('in "<unicode string>", ', "") for line in str(e).splitlines()]
+        where = "; ".join(line.rstrip(":") for line in lines if line and not line.startswith("^"))
+        raise ParamsError(f"{path}: not valid YAML ({where[:200]})") from None
     except UnicodeDecodeError as e:
         raise ParamsError(f"{path}: not a text file ({e.reason} at byte {e.start})") from None
     if raw is not None and not isinstance(raw, dict):

@@ -77,6 +77,39 @@ def test_a_name_longer_than_100_bytes_in_utf8_is_refused(project: Path):
     check_refuses(project, yaml.safe_dump(params, sort_keys=False, allow_unicode=True), "120 bytes", "at most 100")
 
 
+TRICKY_YAML = "a: 1:00\nb: yes\nc: no\nd: on\ne: 1e-3\nf: 017\ng: 0o17\nh: ~\ni: .inf\nj: 2.0e-05\n"
+
+
+def test_params_are_read_as_dvc_reads_them():
+    """YAML 1.1 (PyYAML) reads `1:00` as 60 and `yes` as true; DVC's parser (YAML 1.2) as
+    strings. The check reads what DVC records, so `-S train.epochs=1:00` is refused, not 60 epochs."""
+    from dvc.utils.serialize import parse_yaml
+    from gradflow.params import read_yaml
+    assert read_yaml(TRICKY_YAML) == parse_yaml(TRICKY_YAML, "params.yaml")
+    assert read_yaml(TRICKY_YAML)["a"] == "1:00" and read_yaml(TRICKY_YAML)["b"] == "yes"
+
+
+@pytest.mark.parametrize("key, text, fragment", [
+    ("train.epochs", "1:00", "expected an integer, got '1:00'"),
+    ("train.compile", "yes", "got 'yes'"),
+    ("train.flip", "no", "expected true or false, got 'no'"),
+    ("train.distributed", "on", "got 'on'"),
+])
+def test_yaml_1_1_spellings_are_refused_as_dvc_records_them(tmp_path: Path, key, text, fragment):
+    import yaml
+    from conftest import default_params
+    from gradflow.params import ParamsError, load
+    section, name = key.split(".")
+    lines = yaml.safe_dump(default_params(), sort_keys=False).splitlines()
+    start = lines.index(f"{section}:")
+    at = next(i for i in range(start, len(lines)) if lines[i].startswith(f"  {name}:"))
+    lines[at] = f"  {name}: {text}"
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ParamsError) as refused:
+        load(tmp_path / "params.yaml")
+    assert str(refused.value).startswith(key) and fragment in str(refused.value)
+
+
 def test_a_huge_bad_value_is_not_echoed_whole():
     from conftest import default_params, merged
     from gradflow.params import ParamsError, parse
@@ -118,7 +151,7 @@ def test_a_dataset_whose_manifest_matches_but_content_is_wrong_is_one_line(fetch
 def test_damage_inside_a_saved_tensor_is_found_on_load(tmp_path: Path):
     """torch.load reads tensor bytes unchecked: 64 bytes flipped mid-file loaded as other weights
     (a resume went on to 'diverged'). torch_save's digest finds it; the resume checkpoint is then
-    set aside and training starts over (gradflow.training.Checkpoint.load)."""
+    set aside and training starts over (gradflow.resume.Checkpoint.load)."""
     import torch
 
     from gradflow.errors import DataError
