@@ -9,6 +9,7 @@ The library behind the DVC stages in `stages/`. Read in this order:
   paths      every file the pipeline reads or writes, in one place
   files      atomic writes and checked reads
   memory     the check stage's estimate of a run's memory
+  workspace  the check stage's refusal of a user's files where outputs would go
   verdict    learns / stuck at chance / diverged, from binomial statistics
   data       sources (CIFAR-100, synthetic), the dataset file, batched augmentation
   fixes      the registry of fixes: one class each, the piece it builds and what it is

@@ -11,6 +11,7 @@ PARAMS = Path("params.yaml")
 # In .tmp/: not an output, not a dependency, never an input to any output's bytes.
 CHECKED_PARAMS = Path(".tmp") / "checked-params.json"
 DVC_YAML = Path("dvc.yaml")
+DVC_LOCK = Path("dvc.lock")
 
 DATA = Path("data")
 RAW = DATA / "raw"                       # the CIFAR-100 archive, the user's or downloaded

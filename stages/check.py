@@ -26,6 +26,7 @@ from gradflow.cli import cli, drift_note
 from gradflow.files import write_text
 from gradflow.memory import require_fits
 from gradflow.vega import write_page
+from gradflow.workspace import require_safe_outputs
 
 
 @cli
@@ -37,6 +38,7 @@ def main(argv: list[str]) -> None:
     params = P.load(dvc_yaml=paths.DVC_YAML)
     P.device_error(params.train.device)  # a device this machine lacks (imports torch only then)
     require_fits(params)  # a run too big for the device's memory (gradflow/memory.py)
+    require_safe_outputs(params.variants)  # a user's files where outputs go (gradflow/workspace.py)
     configs = {paths.data_config(): P.resolved_json(params.data)}
     configs.update({paths.run_config(name): run.to_json() for name, run in params.runs().items()})
     for path, text in configs.items():

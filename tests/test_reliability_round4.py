@@ -165,3 +165,39 @@ def test_damage_inside_a_saved_tensor_is_found_on_load(tmp_path: Path):
     path.write_bytes(bytes(data))
     with pytest.raises(DataError, match="damaged"):
         torch_load(path, "rerun it")
+
+
+# --- a user's files where a variant's outputs go -------------------------------------------------
+
+def test_a_new_variant_over_a_users_files_is_refused_and_they_stay(project: Path):
+    write_params(project, {"variants": {"VGG_08": {"depth": 8}, "MYNET": {"depth": 8}}})
+    (project / "models" / "MYNET").mkdir(parents=True)
+    (project / "models" / "MYNET" / "notes.txt").write_text("mine")
+    (project / "models" / "MYNET.pt").write_bytes(b"my own weights")
+    proc = stage("check", cwd=project, check=False)
+    one_line(proc, "variants.MYNET", "models/MYNET/notes.txt", "models/MYNET.pt", "not written by this pipeline")
+    assert (project / "models" / "MYNET" / "notes.txt").read_text() == "mine"
+    assert (project / "models" / "MYNET.pt").read_bytes() == b"my own weights"
+
+
+def test_what_a_killed_first_run_left_is_not_refused(project: Path):
+    """A snapshot, a killed write's temporary and the live history of a run not in dvc.lock yet
+    are the pipeline's: the rerun resumes over them."""
+    from gradflow.tables import HISTORY_COLUMNS
+    (project / "models" / "VGG_08").mkdir(parents=True)
+    (project / "models" / "VGG_08" / "epoch_000.pt").write_bytes(b"x")
+    (project / "models" / "VGG_08" / ".epoch_001.pt.abc123.tmp").write_bytes(b"x")
+    (project / "plots" / "history").mkdir(parents=True)
+    (project / "plots" / "history" / "VGG_08.csv").write_text(",".join(HISTORY_COLUMNS) + "\n")
+    stage("check", cwd=project)
+
+
+def test_a_snapshot_folder_that_is_a_mount_point_is_refused(tmp_path: Path, monkeypatch):
+    from gradflow import workspace
+    from gradflow.errors import DataError
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "VGG_08").mkdir(parents=True)
+    monkeypatch.setattr(workspace.os.path, "ismount", lambda p: Path(p) == Path("models/VGG_08"))
+    with pytest.raises(DataError, match="models/VGG_08: a mount point"):
+        workspace.require_safe_outputs(["VGG_08"])
+    workspace.require_safe_outputs(["VGG_38"])
