@@ -7,9 +7,9 @@ on the device next to the CPU's.
 
 The benchmark is the training code: each measurement builds the variant's run config with the
 params code (params.yaml's `params.run(name)`, on this device, with the step mode as
-`train.compile`) and times the library's own epoch, `gradflow.training.Training` (build,
-one_epoch, end_of_epoch, finish: the calls `fit` makes), gradient capture on as in the train
-stage. No DVC, no network: synthetic CIFAR-shaped data (gradflow.data.synthetic); imports
+`train.compile`) and times the library's own loop, `gradflow.training.fit` for two epochs
+(`stop_after`), between the marks its `on_phase` callback gets, gradient capture on as in the
+train stage. No DVC, no network: synthetic CIFAR-shaped data (gradflow.data.synthetic); imports
 nothing from tests/. Needs torch, pyyaml, tqdm.
 
 Per variant (default VGG_08, VGG_38, VGG_38_BN_RC) and step mode (eager; compile = torch.compile,
@@ -52,13 +52,13 @@ import torch  # noqa: E402
 from benchmarks.measure import matmul_gflops, memory, reset_peak, sync  # noqa: E402
 from gradflow import fastpath  # noqa: E402
 from gradflow import params as P  # noqa: E402
-from gradflow.capture import first_last_conv_ratio  # noqa: E402
+from gradflow.capture import conv_ratio  # noqa: E402
 from gradflow.data import Augment, Dataset, Split, synthetic  # noqa: E402
 from gradflow.device import autocast, uses_bf16, uses_channels_last  # noqa: E402
 from gradflow.files import write_json  # noqa: E402
 from gradflow.model import VGG  # noqa: E402
 from gradflow.probe import probe  # noqa: E402
-from gradflow.training import Training  # noqa: E402
+from gradflow.training import fit  # noqa: E402
 from gradflow.verdict import NUM_CLASSES  # noqa: E402
 
 IMPORT_S = time.perf_counter() - STARTED
@@ -93,9 +93,8 @@ def run_config(params: P.Params, name: str, device: torch.device, step_mode, bat
 
 
 def probe_ratio(rows) -> float | None:
-    """first/last conv mean |grad| from gradflow.probe.probe rows (name, grad stats, activations)."""
-    as_capture = [(0, 0, i, name, stats[0]) for i, (name, stats, _) in enumerate(rows)]
-    return first_last_conv_ratio(as_capture, [name for name, _, _ in rows], (0, 0))
+    """first/last conv mean |grad| from gradflow.probe.probe's rows."""
+    return conv_ratio({r.layer: r.grads[0] for r in rows}, [r.layer for r in rows])
 
 
 def grad_ratios(params: P.Params, names: list[str], device: torch.device, n: int) -> dict:
@@ -131,29 +130,34 @@ def grad_ratios(params: P.Params, names: list[str], device: torch.device, n: int
 
 
 def measure(cfg: P.RunConfig, dataset: Dataset, device: torch.device) -> dict:
-    """Two epochs and the test pass of the library's training, as `fit` runs them."""
+    """Two epochs and the test pass of the library's training: `fit` itself, timed at the
+    end of each of its phases (build; per epoch the steps, which end with the epoch's one host
+    sync, and the evaluation; the test pass)."""
     requested = fastpath.resolve(cfg.train.compile, device)
+    mode, note = fastpath.starts_as(requested, device)
+    if mode != requested:  # "graph" off CUDA
+        return {"status": f"n/a on {device.type}", "note": note}
     reset_peak(device)
     sync(device)
-    t0 = time.perf_counter()
-    run = Training.build(cfg, dataset, None, "")
-    build_s = time.perf_counter() - t0
-    if run.train_step.mode != requested:  # "graph" off CUDA
-        return {"status": f"n/a on {device.type}", "note": run.train_step.note}
-    epochs = []
+    marks = {("start", 0): time.perf_counter()}
+
+    def mark(phase: str, epoch: int) -> None:
+        marks[phase, epoch] = time.perf_counter()
+
+    result = fit(cfg, dataset, stop_after=2, on_phase=mark)
+    if result.status == "diverged":  # a non-finite loss leaves no history row
+        loss = {h["epoch"]: h["train_loss"] for h in result.history}.get(result.diverged_epoch, math.nan)
+        return {"status": f"diverged in epoch {result.diverged_epoch} (loss {loss:.4g})"}
+    build_s = marks["build", 0] - marks["start", 0]
+    epochs, before = [], marks["build", 0]
     for epoch in (1, 2):
-        t0 = time.perf_counter()
-        totals = run.one_epoch(epoch, capture=True)  # ends with the epoch's one host sync
-        train_s = time.perf_counter() - t0
-        if not run.end_of_epoch(epoch, totals):
-            return {"status": f"diverged in epoch {epoch} (loss {totals.train_loss:.4g})"}
-        epochs.append({"train_s": train_s, "eval_s": time.perf_counter() - t0 - train_s,
-                       "train_loss": totals.train_loss})
-    t0 = time.perf_counter()
-    result = run.finish()
-    test_s = time.perf_counter() - t0
+        epochs.append({"train_s": marks["steps", epoch] - before,
+                       "eval_s": marks["end", epoch] - marks["steps", epoch],
+                       "train_loss": result.history[epoch - 1]["train_loss"]})
+        before = marks["end", epoch]
+    test_s = marks["test", 2] - before
     first, second = (e["train_s"] + e["eval_s"] for e in epochs)
-    return {"status": "ok", "mode": run.train_step.mode, "note": run.train_step.note,
+    return {"status": "ok", "mode": result.step_mode, "note": result.step_note,
             "precision": "bf16" if uses_bf16(device, cfg.train.precision) else "fp32",
             "batch_size": cfg.train.batch_size, "build_s": round(build_s, 3),
             "first_epoch_s": round(first, 3), "s_per_epoch": round(second, 3),

@@ -13,13 +13,28 @@ the k-th conv/linear layer at k, BN/transition/aux layers at +0.5), appended las
 from __future__ import annotations
 
 import math
-import re
+from typing import NamedTuple
 
 import torch
 
-from gradflow.model import depth_positions
+from gradflow.model import depth_positions, is_conv
 from gradflow.tables import CAPTURE_COLUMNS as COLUMNS  # noqa: F401  (the columns: gradflow/tables.py)
 from gradflow.tables import STATS
+
+
+class CaptureRow(NamedTuple):
+    """One layer at one sampled step: a row of plots/grad_capture/V.csv without the variant
+    (COLUMNS[1:], in that order; the train stage writes `(variant, *row)`)."""
+    epoch: int
+    step: int  # the optimizer step of the run, counted from 0
+    layer_index: int
+    layer: str
+    mean_abs_grad: float
+    grad_norm: float
+    max_abs_grad: float
+    weight_norm: float
+    update_ratio: float
+    depth: float
 
 
 def grad_stats(params: list[torch.Tensor], numel: torch.Tensor | None = None) -> torch.Tensor:
@@ -48,7 +63,7 @@ class GradientCapture:
         self.numel = torch.tensor([p.numel() for p in params], device=params[0].device, dtype=torch.float32)
         self.steps: list[int] = []
         self._before: list[torch.Tensor] | None = None
-        self.rows: list[tuple] = []  # (epoch, step, layer_index, layer, *stats, depth) on the host
+        self.rows: list[CaptureRow] = []  # on the host
 
     def wants(self, step_in_epoch: int) -> bool:
         return step_in_epoch % self.every == 0
@@ -73,18 +88,23 @@ class GradientCapture:
         host = self.buffer[: len(self.steps)].cpu().tolist()  # the epoch's only transfer
         for step, layers in zip(self.steps, host):
             for i, (name, stats) in enumerate(zip(self.names, layers)):
-                self.rows.append((epoch, step, i, name, *stats, self.depths[i]))
+                self.rows.append(CaptureRow(epoch, step, i, name, *stats, self.depths[i]))
         self.steps = []
 
 
-def first_last_conv_ratio(rows: list[tuple], names: list[str], epoch_step: tuple[int, int]) -> float | None:
+def first_last_conv_ratio(rows: list[CaptureRow], names: list[str], epoch_step: tuple[int, int]) -> float | None:
     """mean |grad| of the first conv over that of the last conv, for one sampled step."""
-    convs = [n for n in names if re.search(r"conv_\d+$", n)]
+    return conv_ratio({r.layer: r.mean_abs_grad for r in rows if (r.epoch, r.step) == epoch_step}, names)
+
+
+def conv_ratio(mean_abs_grad: dict[str, float], names: list[str]) -> float | None:
+    """mean |grad| of the first conv over that of the last conv, first and last in `names`'
+    order (the model's), from each layer's mean |grad|; None where either is missing."""
+    convs = [n for n in names if is_conv(n)]
     if len(convs) < 2:
         return None
-    first, last = convs[0], convs[-1]
-    found = {r[3]: r[4] for r in rows if (r[0], r[1]) == epoch_step and r[3] in (first, last)}
-    if last not in found or first not in found or not found[last]:
+    first, last = mean_abs_grad.get(convs[0]), mean_abs_grad.get(convs[-1])
+    if first is None or not last:
         return None
-    ratio = found[first] / found[last]
+    ratio = first / last
     return ratio if math.isfinite(ratio) else None  # NaN after a divergence; JSON has no NaN

@@ -60,6 +60,14 @@ def resolve(setting, device: torch.device, world: int = 1) -> str:
     raise ValueError(f"train.compile: {setting!r} is not auto, true, false or one of {', '.join(MODES)}")
 
 
+def starts_as(mode: str, device: torch.device) -> tuple[str, str]:
+    """The mode a TrainStep asked for `mode` runs in from its first step on `device`, and why
+    it differs ("" where not): "graph" needs CUDA. (A failed capture falls back later.)"""
+    if mode == "graph" and device.type != "cuda":
+        return "eager", f"CUDA graphs need CUDA; eager on {device.type}"
+    return mode, ""
+
+
 class TrainStep:
     """zero_grad + forward (autocast per `precision`) + loss + backward for one batch.
 
@@ -75,14 +83,13 @@ class TrainStep:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
         self.model, self.optimizer, self.device, self.precision = model, optimizer, device, precision
-        self.requested, self.mode, self.note = mode, mode, ""
+        self.requested = mode
         self.warmup = warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self._static: dict | None = None
         self._scalars: dict[str, tuple[float, torch.Tensor]] = {}
         self._forward = self._forward_loss
-        if mode == "graph" and device.type != "cuda":
-            self.mode, self.note = "eager", f"CUDA graphs need CUDA; eager on {device.type}"
+        self.mode, self.note = starts_as(mode, device)
         if mode in ("compile", "reduce-overhead"):
             self._forward = torch.compile(self._forward_loss,
                                           mode="reduce-overhead" if mode == "reduce-overhead" else None)

@@ -3,7 +3,8 @@ fixed probe batch, forward and backward in training mode with the training loss.
 
 Rows come in the capture's long format (gradflow.capture.COLUMNS, `depth` included) plus each
 layer's output mean, std and fraction of non-positive values (its pre-activations: the
-activation comes after).
+activation comes after), its signal share, and at epoch 0 the mean-field prediction: a
+`ProbeRow`, the columns of plots/grad_flow/V.csv (gradflow.tables.PROBE_COLUMNS).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+from typing import NamedTuple
 
 import torch
 
@@ -23,6 +25,34 @@ from gradflow.loss import aux_weight_at, loss_fn
 from gradflow.model import LOGITS, VGG, depth_positions, probed_parameters
 from gradflow.params import RunConfig
 from gradflow.tables import ACTIVATION_COLUMNS, PROBE_COLUMNS  # noqa: F401  (the columns: gradflow/tables.py)
+
+
+class LayerProbe(NamedTuple):
+    """What `probe` measures of one probed layer."""
+    layer: str
+    grads: list[float]  # mean |g|, ||g||, max |g|, ||w||
+    acts: list[float]  # its output's mean, std, fraction <= 0, signal share
+
+
+class ProbeRow(NamedTuple):
+    """A row of plots/grad_flow/V.csv: PROBE_COLUMNS, in that order."""
+    variant: str
+    epoch: int
+    step: int  # the optimizer steps before the snapshot: epoch x steps per epoch
+    layer_index: int
+    layer: str
+    mean_abs_grad: float
+    grad_norm: float
+    max_abs_grad: float
+    weight_norm: float
+    update_ratio: float  # NaN: a probe takes no optimizer step
+    depth: float
+    act_mean: float
+    act_std: float
+    act_nonpos_frac: float
+    signal_share: float
+    predicted_mean_abs_grad: float  # NaN after epoch 0 and where the variant has no mean-field form
+    predicted_signal_share: float
 
 
 def signal_share(out: torch.Tensor) -> float:
@@ -64,9 +94,8 @@ def signal_shares(model: VGG, x: torch.Tensor, owners: set[str]) -> dict[str, fl
     return {name: signal_share(out) for name, out in outputs.items()}
 
 
-def probe(model: VGG, x: torch.Tensor, y: torch.Tensor, include_bias: bool, aux_weight: float):
-    """Per probed layer: (name, [mean|g|, ||g||, max|g|, ||w||], [act mean, std, nonpos frac,
-    signal share])."""
+def probe(model: VGG, x: torch.Tensor, y: torch.Tensor, include_bias: bool, aux_weight: float) -> list[LayerProbe]:
+    """Per probed layer, in the model's order: its gradient and output statistics."""
     probed = probed_parameters(model, include_bias)
     owners = {name.rsplit(".", 1)[0] for name, p in model.named_parameters()}
     shares = signal_shares(model, x, owners)
@@ -87,20 +116,19 @@ def probe(model: VGG, x: torch.Tensor, y: torch.Tensor, include_bias: bool, aux_
         out = outputs.get(key)
         acts = ([out.float().mean().item(), out.float().std().item(), (out <= 0).float().mean().item(),
                  shares[key]] if out is not None else [math.nan] * 4)
-        rows.append((name, s, acts))
+        rows.append(LayerProbe(name, s, acts))
     return rows
 
 
-def logits_signal_share(rows: list[tuple], epoch: int) -> float | None:
+def logits_signal_share(rows: list[ProbeRow], epoch: int) -> float | None:
     """The logits' signal share at one probed epoch (the last layer's row), 6 significant digits."""
-    share = [r[PROBE_COLUMNS.index("signal_share")] for r in rows
-             if r[1] == epoch and r[PROBE_COLUMNS.index("layer")].startswith(LOGITS)]
+    share = [r.signal_share for r in rows if r.epoch == epoch and r.layer.startswith(LOGITS)]
     if not share or not math.isfinite(share[0]):
         return None
     return float(f"{share[0]:.6g}")
 
 
-def probe_run(cfg: RunConfig, dataset: Dataset, probe_size: int, device: torch.device) -> tuple[list, int]:
+def probe_run(cfg: RunConfig, dataset: Dataset, probe_size: int, device: torch.device) -> tuple[list[ProbeRow], int]:
     """Every weight snapshot of a run (gradients.epochs) probed on the first `probe_size`
     validation images, un-augmented; at epoch 0 the mean-field prediction (gradflow.theory)
     rides along in `predicted_mean_abs_grad` where the variant has one. (rows, probe images)."""
@@ -134,12 +162,12 @@ def probe_run(cfg: RunConfig, dataset: Dataset, probe_size: int, device: torch.d
                             f"or of other model settings); rerun its training (dvc repro -f train@{cfg.name})") from None
         aux_weight = aux_weight_at(cfg.train.aux_weight, epoch + 1, t.epochs)
         probed = probe(model, x, y, cfg.gradients.include_bias, aux_weight)
-        depths = depth_positions([name for name, _, _ in probed])
+        depths = depth_positions([p.layer for p in probed])
         for i, (name, g, a) in enumerate(probed):
             # update_ratio belongs to an optimizer step; a probe takes none.
             expected = predicted.get(name, (math.nan, math.nan)) if epoch == 0 else (math.nan, math.nan)
-            rows.append((cfg.name, epoch, epoch * steps_per_epoch, i, name, *g, math.nan, depths[i], *a,
-                         *expected))
+            rows.append(ProbeRow(cfg.name, epoch, epoch * steps_per_epoch, i, name, *g, math.nan, depths[i], *a,
+                                 *expected))
     return rows, n_probe
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gradflow.errors import DataError
 
-# plots/history/<variant>.csv: a row per point of the curves (gradflow.training.Training.point),
+# plots/history/<variant>.csv: a row per point of the curves (gradflow.training.point),
 # every train.eval_every images and at each epoch's end (val_images: all of validation there).
 HISTORY_COLUMNS = ("variant", "epoch", "images_seen", "train_loss", "train_acc", "val_loss", "val_acc",
                    "val_images", "lr")

@@ -154,7 +154,7 @@ def test_distributed_param_runs_the_train_stage_under_torchrun(fetched, single_t
 def test_more_ranks_than_images_per_batch_is_refused(monkeypatch):
     from conftest import project_params
     from gradflow.params import ParamsError
-    from gradflow.training import init_distributed
+    from gradflow.distributed import init_distributed
 
     monkeypatch.setenv("WORLD_SIZE", "4")  # checked before any process group is joined
     cfg = project_params({"train": {"batch_size": 2}, "variants": {"V": {"depth": 8}}}).run("V")

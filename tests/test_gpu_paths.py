@@ -218,7 +218,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path):
 def test_gpu_check_needs_neither_tests_nor_dvc_and_times_the_library():
     """The GPU machine has no dvc and gets no tests/ helpers: the check imports neither. And
     it times the product's training, not a loop of its own: no optimizer, no backward, no
-    autocast of its own in it (gradflow.training.Training makes them)."""
+    autocast of its own in it (gradflow.training.fit makes them)."""
     source = (ROOT / "benchmarks" / "gpu_check.py").read_text()
     tree = ast.parse(source)
     modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

@@ -310,7 +310,7 @@ def checkpoint_damages() -> dict[str, bytes]:
 
 @pytest.mark.parametrize("damage", list(checkpoint_damages()))
 def test_a_damaged_checkpoint_is_set_aside(tmp_path, capsys, damage):
-    from gradflow.training import Checkpoint
+    from gradflow.resume import Checkpoint
     bad = checkpoint_damages()[damage]
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(bad)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import PYTHON, copy_project, kill_after_epoch, project_params, rule_verdict, stage, write_params
-from gradflow.capture import COLUMNS, GradientCapture, first_last_conv_ratio
+from gradflow.capture import COLUMNS, CaptureRow, GradientCapture, first_last_conv_ratio
 from gradflow.data import Augment, Dataset, Split, synthetic
 from gradflow.probe import probe
 from gradflow.model import VGG, depth_positions, probed_parameters
@@ -286,8 +286,30 @@ NAMES = ["input_conv_conv_0", "input_conv_bn_0", "input_conv_conv_0_bias", "redu
 
 def capture_rows(epoch: int, step: int, mean_abs: dict[str, float]) -> list[tuple]:
     """Capture rows (epoch, step, layer_index, layer, mean_abs_grad, ..., depth) for these layers."""
-    return [(epoch, step, NAMES.index(name), name, value, 1.0, 1.0, 1.0, 0.1, float(NAMES.index(name)))
+    return [CaptureRow(epoch, step, NAMES.index(name), name, value, 1.0, 1.0, 1.0, 0.1, float(NAMES.index(name)))
             for name, value in mean_abs.items()]
+
+
+def test_named_rows_have_the_tables_columns():
+    """Capture and probe rows are named tuples whose fields are the CSV columns, in order."""
+    from gradflow.probe import PROBE_COLUMNS, ProbeRow
+    assert CaptureRow._fields == COLUMNS[1:]  # the train stage writes (variant, *row)
+    assert ProbeRow._fields == PROBE_COLUMNS
+
+
+def test_resume_checkpoint_stores_capture_rows_as_plain_tuples(tmp_path):
+    """weights_only loading admits no class of ours: the checkpoint holds plain tuples, and
+    loading gives the named rows back."""
+    from gradflow.resume import Checkpoint, ResumeState
+    rows = capture_rows(1, 0, {"input_conv_conv_0": 1.0, "reduction_block_2_conv_1": 4.0})
+    ckpt = Checkpoint(tmp_path / "V.pt", {"config": 1})
+    ckpt.save(ResumeState(epoch=1, model={}, optimizer={}, scheduler={}, rng=torch.get_rng_state(),
+                          train_seconds=0.0, history=[], points=[], best_epoch=0, best_state=None,
+                          capture_rows=rows, snapshots={}))
+    saved = torch.load(tmp_path / "V.pt", weights_only=True)["capture_rows"]
+    assert [type(r) for r in saved] == [tuple, tuple] and saved == [tuple(r) for r in rows]
+    loaded = ckpt.load().capture_rows
+    assert loaded == rows and all(type(r) is CaptureRow for r in loaded)
 
 
 def test_first_last_conv_ratio_uses_the_first_and_last_conv_in_model_order():
