@@ -4,6 +4,7 @@ These VGGs are tiny (32 channels, batch 100): a VGG_38 step is a few hundred sma
 launches, so on a GPU the device waits on the host. Two ways remove the launches:
 
   compile          torch.compile of forward + loss (inductor; the backward is compiled too);
+                   "max-autotune" lets inductor pick among kernels by timing them;
                    mode "reduce-overhead" adds inductor's own CUDA graphs on CUDA
   graph            the whole static-shape forward + loss + backward captured once as one CUDA
                    graph and replayed every step (torch.cuda.CUDAGraph); the optimizer step and
@@ -34,7 +35,13 @@ import torch
 from gradflow.loss import loss_fn
 from gradflow.device import autocast
 
-MODES = ("eager", "compile", "reduce-overhead", "graph")
+MODES = ("eager", "compile", "max-autotune", "reduce-overhead", "graph")
+
+# torch.compile's mode for each compiled step mode (None: its default). max-autotune tries
+# several kernels per convolution and matmul and keeps the fastest; without CUDA graphs, so it
+# applies to a CPU too.
+COMPILE_MODES = {"compile": None, "max-autotune": "max-autotune-no-cudagraphs",
+                 "reduce-overhead": "reduce-overhead"}
 
 # What `train.compile: auto` means on CUDA. Eager until benchmarks/gpu_check.py has measured
 # "graph" (or "reduce-overhead") faster on a GPU; off CUDA auto is always eager.
@@ -90,9 +97,8 @@ class TrainStep:
         self._scalars: dict[str, tuple[float, torch.Tensor]] = {}
         self._forward = self._forward_loss
         self.mode, self.note = starts_as(mode, device)
-        if mode in ("compile", "reduce-overhead"):
-            self._forward = torch.compile(self._forward_loss,
-                                          mode="reduce-overhead" if mode == "reduce-overhead" else None)
+        if mode in COMPILE_MODES:
+            self._forward = torch.compile(self._forward_loss, mode=COMPILE_MODES[mode])
 
     def _forward_loss(self, x, y, aux_weight, denominator):
         with autocast(self.device, self.precision, cache_enabled=False):

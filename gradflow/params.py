@@ -109,9 +109,10 @@ class TrainParams:
     # auto: bf16 autocast on CUDA, fp32 elsewhere. fast: also bf16 on a CPU with native bf16
     # (AVX512-BF16, AMX: ~1.9x faster for VGG_38), fp32 on one without (there bf16 is ~10x slower).
     precision: Literal["auto", "fast", "fp32", "bf16"]
-    # false: eager; true: torch.compile; "reduce-overhead": compile with CUDA graphs; "graph": the
+    # false: eager; true: torch.compile; "max-autotune": compile, kernels picked by timing them;
+    # "reduce-overhead": compile with CUDA graphs; "graph": the
     # whole step as one CUDA graph; auto: eager until measured on a GPU (gradflow/fastpath.py)
-    compile: Literal["auto", True, False, "reduce-overhead", "graph"]
+    compile: Literal["auto", True, False, "max-autotune", "reduce-overhead", "graph"]
     channels_last: Literal["auto", True, False]  # auto: on CUDA and CPU, not MPS
     distributed: bool  # the train stage relaunches itself under torchrun (DDP)
 
