@@ -4,18 +4,25 @@ the shell's exit code for it, 128 + the signal's number (130, 143). Never a trac
 
 `dvc exp run -S key=value` writes its values into params.yaml and leaves them there, failed run
 or not, so the next run starts from them. A failing stage, and the check stage on every run,
-say in one line which keys differ from the last commit and how to restore them (`drift_note`)."""
+say in one line which keys differ from the last commit and how to restore them (`drift_note`).
+
+`stage_run` is what the stages that train or probe a run (train@, gradients@, sweep@) do around
+their work: resolve the config and check the output folders before it, and make sure
+params.yaml still says what the run used before writing (`StageRun.before_writing`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+from gradflow import params as P
 from gradflow.errors import UserError
+from gradflow.files import require_writable
 from gradflow.params import PARAMS_FILE
 
 
@@ -36,6 +43,33 @@ def signal_number(e: BaseException) -> int:
     return e.signum if isinstance(e, Interrupted) else signal.SIGINT
 
 
+def die_with_parent() -> None:
+    """Get SIGTERM when the process that started this one exits (Linux's PR_SET_PDEATHSIG).
+    DVC runs a stage as its child: killed alone (`kill <dvc pid>`, `timeout`, kill -9), it would
+    leave the stage training as an orphan that later writes outputs no dvc.lock records, beside
+    the next run. SIGTERM stops the stage as `kill` does: one line, its resume checkpoint kept."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent exited before the request took effect
+        raise Interrupted(signal.SIGTERM)
+
+
+def removed_outputs_note() -> str:
+    """For a stage DVC runs (it sets DVC_STAGE): DVC removed the stage's outputs before its
+    command started, so a refusal says so and how to get the recorded ones back."""
+    stage = os.environ.get("DVC_STAGE", "")
+    if not stage or stage == "check":  # the check's output is persistent: DVC leaves it
+        return ""
+    return (f" (DVC removed {stage}'s outputs before it ran; `dvc checkout {stage}` brings back "
+            f"the ones dvc.lock records)")
+
+
 def cli(main):
     """Run a stage's main(argv); a ParamsError or DataError ends it with one line, exit 2; an
     interruption with one line, exit 130 (SIGINT) or 143 (SIGTERM)."""
@@ -44,9 +78,11 @@ def cli(main):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _on_sigterm)  # unwind as Ctrl-C does: temp files removed
         try:
+            if threading.current_thread() is threading.main_thread():
+                die_with_parent()
             return main(sys.argv[1:] if argv is None else argv)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {e}{removed_outputs_note()}", file=sys.stderr)
             note = drift_note()
             if note:
                 print(f"note: {note}", file=sys.stderr)
@@ -76,6 +112,49 @@ def variant_parser(stage: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+class StageRun:
+    """One run of a stage that trains or probes a run (train@, gradients@, sweep@): its
+    resolved config `cfg`, and the guard it calls after its work and before its first output.
+
+    Made by stage_run(), which does what every such stage does before any work: take params.yaml's
+    stamp as the check saw it, resolve the config (the check's file, or params.yaml for a stage
+    run by hand), refuse a config of another run, and refuse an output folder it cannot write
+    (an immutable models/ found after the last epoch would cost the whole run)."""
+
+    def __init__(self, stage: str, config: str | None, cfg: P.RunConfig, stamp: list | None,
+                 params: P.Params | None):
+        self.stage, self.config, self.cfg, self.stamp = stage, config, cfg, stamp
+        self._params = params
+
+    @property
+    def params(self) -> P.Params:
+        """params.yaml, read once, for a setting outside the resolved config."""
+        if self._params is None:
+            self._params = P.load()
+        return self._params
+
+    def before_writing(self) -> None:
+        """ParamsError unless params.yaml still resolves to the config this run used: a second
+        `dvc exp run` in the workspace can change it under a running stage, whose outputs would
+        then be recorded with the other run's params. Only with a resolved-config file: a
+        stage run by hand has nothing to compare with."""
+        if self.config:
+            P.require_unchanged(self.config, self.cfg, f"{self.stage}@{self.cfg.name}", self.stamp)
+
+
+def stage_run(stage: str, config: str | None, name: str, resolve, outputs, what: str = "") -> StageRun:
+    """Start a run of `stage` for the run `name` (`VGG_38`, `38-bn_rc`; `what` says what it is
+    in the refusal): its config from the file `config`, or `resolve(params)` without one; then
+    every folder in `outputs` must be writable, before any work."""
+    stamp = P.checked_stamp()  # params.yaml as the check saw it: compared before writing outputs
+    params = None if config else P.load()
+    cfg = P.load_resolved(config) if config else resolve(params)
+    if cfg.name != name:
+        raise P.ParamsError(f"{config}: the config of {what}{cfg.name!r}, not of {name!r}")
+    require_writable(outputs)
+    return StageRun(stage, config, cfg, stamp, params)
+
+
 def changed_keys(old, new, prefix: str = "") -> list[str]:
     """The dotted keys whose values differ between two parsed YAML trees (added and removed
     ones too), in file order. 1, 1.0 and true differ, as they do in params.yaml's bytes."""
@@ -92,8 +171,7 @@ def drift_note(path: Path = PARAMS_FILE, shown: int = 6) -> str | None:
     try:
         committed = subprocess.run(["git", "show", f"HEAD:./{path}"], capture_output=True, text=True,
                                    timeout=10)
-        import yaml
-        old, new = yaml.safe_load(committed.stdout), yaml.safe_load(path.read_text())
+        old, new = P.read_yaml(committed.stdout), P.read_yaml(path.read_text())
     except Exception:  # no git, no commit, unreadable YAML: nothing to say, and never a traceback
         return None
     if committed.returncode:

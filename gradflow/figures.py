@@ -24,6 +24,7 @@ import math
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -227,18 +228,22 @@ def images_seen(run: dict) -> np.ndarray:
     return pd.to_numeric(run["history"]["images_seen"], errors="coerce").to_numpy() / 1000
 
 
-def training_curves(runs: dict, published: dict[str, list[PublicRun]], colours: dict) -> Path:
-    """Figure 1: 2x2 panels of loss and accuracy against training images seen; our variants
-    solid, and beside each the published CIFAR-100 runs of the same variant (gradflow.reference:
-    the coursework's own and students' public runs) thin and dashed in its colour, at 47,500
-    images per epoch, so each budget is drawn beside the same amount of their training."""
-    if not runs:
-        return empty_figure("training_curves.png", "Training curves", "no variant has metrics yet")
-    published = {name: published[name] for name in runs if published.get(name)}
-    summary = run_summary([r["metrics"] for r in runs.values()])
-    panels = [("train_loss", "training loss"), ("val_loss", "validation loss"),
-              ("train_acc", "training accuracy"), ("val_acc", "validation accuracy")]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), sharex=True, layout="constrained")
+CURVE_PANELS = [("train_loss", "training loss"), ("val_loss", "validation loss"),
+                ("train_acc", "training accuracy"), ("val_acc", "validation accuracy")]
+
+
+@dataclass(frozen=True)
+class CurvesScale:
+    """What the four panels of the training curves share."""
+    clip: int                # the published runs are drawn up to this epoch of theirs
+    right: float             # the x axis's end, thousands of training images (0: autoscale)
+    few: bool                # so few points that each gets a marker
+    n_val: int | None        # the runs' validation images and epochs, where all runs share them:
+    epochs: int | None       # the verdict's bar for "learns" depends on both
+    bar: float | None
+
+
+def curves_scale(runs: dict, published: dict[str, list[PublicRun]]) -> CurvesScale:
     seen = [images_seen(r) for r in runs.values() if len(r["history"])]
     ours = max((float(np.nanmax(x)) for x in seen if np.isfinite(x).any()), default=0.0)
     ref_epochs = max((len(r.curves) for rs in published.values() for r in rs), default=0)
@@ -247,44 +252,60 @@ def training_curves(runs: dict, published: dict[str, list[PublicRun]], colours: 
     clip = min(ref_epochs, max(1, math.ceil(ours * 1000 / TRAIN_IMAGES)))
     right = max(ours, clip * TRAIN_IMAGES / 1000)
     few = max((len(r["history"]) for r in runs.values()), default=0) <= 30 and clip <= 20
-    # The legend says which variants learn, from each run's own verdict (metrics/V.json).
-    labels_of = {name: f"{name}: {run['metrics']['verdict']}" if run["metrics"].get("verdict") else name
-                 for name, run in runs.items()}
     sizes = {(r["metrics"].get("val_images"), r["metrics"].get("epochs_run")) for r in runs.values()}
     n_val, epochs = next(iter(sizes)) if len(sizes) == 1 else (None, None)
     bar = learns_threshold(n_val, epochs) if n_val and epochs else None
-    for ax, (column, label) in zip(axes.flat, panels):
-        highest = 0.0
-        for name, run in runs.items():
-            h = run["history"]
-            if column in h and len(h):
-                ax.plot(images_seen(run), h[column], color=colours[name], lw=1.8,
-                        marker="o" if few else None, ms=4, label=labels_of[name])
-                highest = max(highest, float(np.nanmax(pd.to_numeric(h[column], errors="coerce"))))
-        for name, public_runs in published.items():
-            for ref in public_runs:  # "_": one legend entry for them all, below
-                shown = ref.curves[ref.curves["epoch"] <= clip]
-                if column in shown:
-                    ax.plot(shown["epoch"] * TRAIN_IMAGES / 1000, shown[column], ls="--", lw=0.9,
-                            alpha=0.6, color=colours[name], marker="x" if few else None, ms=4,
-                            label=f"_published {name} ({ref.source})")
-        title = label
-        if column.endswith("acc"):
-            ax.axhline(CHANCE_ACC, color="black", lw=0.7, ls=":")
-        if column == "val_acc" and bar is not None:  # the verdict's bar for "learns"
-            ax.axhline(bar, color="tab:green", lw=0.8, ls="-.")
-        if column.endswith("loss"):
-            ax.axhline(CHANCE_LOSS, color="black", lw=0.7, ls=":")
-            if highest > 3 * CHANCE_LOSS:  # a run that blew up would flatten every other curve
-                ax.set_yscale("log")
-                title += " (log scale)"
-        ax.set_title(title)
-        ax.set_ylabel(label)
-        if right > 0:  # nothing placed on the axis (no run details, no published run): autoscale
-            ax.set_xlim(0, right * 1.03)
-        ax.grid(alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel("training images seen (thousands)")
+    return CurvesScale(clip, right, few, n_val, epochs, bar)
+
+
+def plot_our_curves(ax, column: str, runs: dict, colours: dict, few: bool) -> float:
+    """Our variants' curves of `column`, solid; returns the highest value drawn."""
+    # The legend says which variants learn, from each run's own verdict (metrics/V.json).
+    highest = 0.0
+    for name, run in runs.items():
+        h = run["history"]
+        if column in h and len(h):
+            label = f"{name}: {run['metrics']['verdict']}" if run["metrics"].get("verdict") else name
+            ax.plot(images_seen(run), h[column], color=colours[name], lw=1.8,
+                    marker="o" if few else None, ms=4, label=label)
+            highest = max(highest, float(np.nanmax(pd.to_numeric(h[column], errors="coerce"))))
+    return highest
+
+
+def plot_published_curves(ax, column: str, published: dict[str, list[PublicRun]], colours: dict,
+                          scale: CurvesScale) -> None:
+    """The published runs' curves of `column`, thin and dashed in their variant's colour."""
+    for name, public_runs in published.items():
+        for ref in public_runs:  # "_": one legend entry for them all, below
+            shown = ref.curves[ref.curves["epoch"] <= scale.clip]
+            if column in shown:
+                ax.plot(shown["epoch"] * TRAIN_IMAGES / 1000, shown[column], ls="--", lw=0.9,
+                        alpha=0.6, color=colours[name], marker="x" if scale.few else None, ms=4,
+                        label=f"_published {name} ({ref.source})")
+
+
+def finish_curves_panel(ax, column: str, label: str, highest: float, scale: CurvesScale) -> None:
+    """Chance, the bar for "learns", a log scale where a run blew up, title and x range."""
+    title = label
+    if column.endswith("acc"):
+        ax.axhline(CHANCE_ACC, color="black", lw=0.7, ls=":")
+    if column == "val_acc" and scale.bar is not None:  # the verdict's bar for "learns"
+        ax.axhline(scale.bar, color="tab:green", lw=0.8, ls="-.")
+    if column.endswith("loss"):
+        ax.axhline(CHANCE_LOSS, color="black", lw=0.7, ls=":")
+        if highest > 3 * CHANCE_LOSS:  # a run that blew up would flatten every other curve
+            ax.set_yscale("log")
+            title += " (log scale)"
+    ax.set_title(title)
+    ax.set_ylabel(label)
+    if scale.right > 0:  # nothing placed on the axis (no run details, no published run): autoscale
+        ax.set_xlim(0, scale.right * 1.03)
+    ax.grid(alpha=0.3)
+
+
+def curves_legend(fig, axes, published: dict[str, list[PublicRun]], scale: CurvesScale) -> None:
+    """Our variants' entries, then one each for the published runs, chance and the bar."""
+    few = scale.few
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if published:
         handles.append(plt.Line2D([], [], color="grey", lw=0.9, ls="--", alpha=0.6, marker="x" if few else None))
@@ -292,19 +313,46 @@ def training_curves(runs: dict, published: dict[str, list[PublicRun]], colours: 
                       f"of the variant after each epoch, in its colour\n(coursework + public: reference/README.md)")
     handles.append(plt.Line2D([], [], color="black", lw=0.7, ls=":"))
     labels.append("chance: loss ln(100), accuracy 0.01")
-    if bar is not None:
+    if scale.bar is not None:
         handles.append(plt.Line2D([], [], color="tab:green", lw=0.8, ls="-."))
-        labels.append(f"\"learns\" from {bar:.4f}: chance + {standard_errors(bar, n_val):.1f} SE\n"
-                      f"(n = {n_val:,}, best of {epochs} epoch{'s' if epochs != 1 else ''})")
+        labels.append(f"\"learns\" from {scale.bar:.4f}: chance + {standard_errors(scale.bar, scale.n_val):.1f} SE\n"
+                      f"(n = {scale.n_val:,}, best of {scale.epochs} epoch{'s' if scale.epochs != 1 else ''})")
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
+
+
+def curves_title(runs: dict, published: dict[str, list[PublicRun]], scale: CurvesScale) -> str:
+    """What ran, how much of the published runs is drawn, and their epochs as shipped."""
+    clip = scale.clip
+    summary = run_summary([r["metrics"] for r in runs.values()])
     note = ("" if not published else f"; published runs shown for their first {clip} epochs"
             if clip > 1 else "; published runs shown for their first epoch")
     shipped = "; ".join(f"{name} {', '.join(str(len(r.curves)) for r in rs)}"
                         for name, rs in published.items())
-    caption = (f"{'x' if few else 'thin dashed'}: published CIFAR-100 runs, coursework + public (reference/README.md), "
-               f"{TRAIN_IMAGES:,} images per epoch\nepochs as shipped: {shipped}" if published
-               else "no published CIFAR-100 run of these variants in reference/")
-    fig.suptitle(f"Training curves ({summary}){note}\n{caption}", fontsize=10)
+    caption = (f"{'x' if scale.few else 'thin dashed'}: published CIFAR-100 runs, coursework + public "
+               f"(reference/README.md), {TRAIN_IMAGES:,} images per epoch\nepochs as shipped: {shipped}"
+               if published else "no published CIFAR-100 run of these variants in reference/")
+    return f"Training curves ({summary}){note}\n{caption}"
+
+
+def training_curves(runs: dict, published: dict[str, list[PublicRun]], colours: dict) -> Path:
+    """Figure 1: 2x2 panels of loss and accuracy against training images seen; our variants
+    solid, and beside each the published CIFAR-100 runs of the same variant (gradflow.reference:
+    the coursework's own and students' public runs) thin and dashed in its colour, at the
+    coursework's TRAIN_IMAGES an epoch, so each budget is drawn beside the same amount of their
+    training."""
+    if not runs:
+        return empty_figure("training_curves.png", "Training curves", "no variant has metrics yet")
+    published = {name: published[name] for name in runs if published.get(name)}
+    scale = curves_scale(runs, published)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), sharex=True, layout="constrained")
+    for ax, (column, label) in zip(axes.flat, CURVE_PANELS):
+        highest = plot_our_curves(ax, column, runs, colours, scale.few)
+        plot_published_curves(ax, column, published, colours, scale)
+        finish_curves_panel(ax, column, label, highest, scale)
+    for ax in axes[1]:
+        ax.set_xlabel("training images seen (thousands)")
+    curves_legend(fig, axes, published, scale)
+    fig.suptitle(curves_title(runs, published, scale), fontsize=10)
     return save(fig, "training_curves.png")
 
 

@@ -3,46 +3,53 @@
 hundreds of GB, after its outputs were gone.
 
 The estimate counts, in fp32: the parameters four times (weights, gradients, Adam's two
-moments) and the activations autograd keeps for the backward pass, about three tensors per
-conv (conv, BN, activation outputs) at the largest batch a stage runs (training, evaluation
-without a backward pass, the gradients probe). It is a lower bound of what PyTorch takes, so it
-refuses only what cannot fit: more than the device's whole memory (RAM for the CPU and MPS, the
-GPU's for CUDA). No torch import unless a GPU's size is needed for a big run."""
+moments) and the activations autograd keeps for the backward pass at the largest batch a stage
+runs (training, evaluation without a backward pass, the gradients probe). Both are counted on
+the network the train stage builds (gradflow.model.VGG), built on the meta device: shapes
+only, no memory, no random numbers drawn. It is a lower bound of what PyTorch takes (no loss,
+no gradients of activations, no workspace), so it refuses only what cannot fit: more than the
+device's whole memory (RAM for the CPU and MPS, the GPU's for CUDA)."""
 
 from __future__ import annotations
 
+import functools
 import os
 
+import torch
+
 from gradflow.errors import ParamsError
-from gradflow.params import CIFAR100_TRAIN_SIZE
+from gradflow.model import VGG
+from gradflow.params import CIFAR100_TRAIN_SIZE, ModelParams, Variant
 
 BYTES = 4  # fp32
-GPU_FLOOR = 8 << 30  # no run below this needs torch imported to read the GPU's size
+IMAGE = (3, 32, 32)  # one image of the data (gradflow/data.py checks every split has this shape)
+BATCH = 2  # the counting forward's: two images tell a per-image tensor from a per-channel one
+GPU_FLOOR = 8 << 30  # no run below this needs CUDA initialised to read the GPU's size
 
 
-def model_sizes(depth: int, stages: int, filters: int, dense: bool, deep_supervision: bool,
-                residual_reduction: bool = False) -> tuple[int, int]:
-    """(parameters, activation values per image) of gradflow.model.VGG, counted from its
-    layout (without building it: the check stage imports no torch)."""
-    f = filters
-    n_blocks = (depth - 2 - 2 * stages) // (2 * stages)
-    params = 27 * f + 2 * f                      # input conv + BN
-    side = 32
-    acts = 3 * f * side * side                   # input conv, BN, activation
-    for s in range(stages):
-        for i in range(n_blocks + 1):
-            reduce = i == n_blocks
-            if dense and i > 0:
-                params += (i + 1) * f * f
-                acts += (i + 1) * f * side * side + f * side * side  # the concat and its 1x1 conv
-            params += 2 * (9 * f * f + 2 * f) + (2 * f if reduce else 0)
-            out_side = side // 2 if reduce else side
-            acts += 3 * f * side * side + 3 * f * out_side * out_side
-            side = out_side
-        if deep_supervision and s < stages - 1:
-            params += f * 100 + 100
-    params += f * 100 + 100                      # the classifier
-    return params, acts
+@functools.lru_cache(maxsize=None)  # variants and sweep points share networks; each costs a meta forward
+def model_sizes(variant: Variant, model: ModelParams) -> tuple[int, int]:
+    """(parameters, activation values per image) of the network gradflow.model.VGG builds.
+
+    Activations: the tensors autograd saves for the backward pass during a training-mode
+    forward (saved_tensors_hooks), each counted once (a tensor two operations save, a view of
+    one), the parameters left out (counted as such), and only those with the batch as their
+    first dimension: per-channel statistics (BN's 1-D mean and inverse std) do not grow with
+    the batch."""
+    with torch.device("meta"):
+        net = VGG(variant, model).train()
+    weights = {id(p) for p in net.parameters()}
+    kept = {}  # id -> tensor, holding each one so that no id is reused while counting
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        base = t if t._base is None else t._base
+        if id(base) not in weights and base.dim() >= 2 and base.shape[0] == BATCH:
+            kept[id(base)] = base
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(torch.empty(BATCH, *IMAGE, device="meta"))
+    return sum(p.numel() for p in net.parameters()), sum(t.numel() for t in kept.values()) // BATCH
 
 
 def memory_of(device: str, need: int) -> tuple[int, str] | None:
@@ -54,13 +61,12 @@ def memory_of(device: str, need: int) -> tuple[int, str] | None:
     if device in ("cpu", "mps") or (device == "auto" and need <= GPU_FLOOR):
         return (ram, "this machine's RAM") if ram else None
     try:
-        import torch
         if torch.cuda.is_available():
             index = int(device[5:]) if device.startswith("cuda:") else 0
             if index < torch.cuda.device_count():
                 props = torch.cuda.get_device_properties(index)
                 return props.total_memory, f"the GPU cuda:{index} ({props.name})"
-    except Exception:  # no torch, no driver: fall back to the RAM
+    except Exception:  # no driver, a broken one: fall back to the RAM
         pass
     return (ram, "this machine's RAM") if ram else None
 
@@ -75,8 +81,7 @@ def require_fits(params) -> None:
     n_eval = min(n_eval, d.eval_limit or n_eval)
     for name, run in params.runs().items():
         v, t = run.variant, run.train
-        n_params, acts = model_sizes(v.depth, run.model.stages, run.model.filters, v.dense,
-                                     v.deep_supervision, v.residual_reduction)
+        n_params, acts = model_sizes(v, run.model)
         batches = {  # key -> (images, how many activation copies per image)
             (f"variants.{name}.batch_size" if name in params.variants and v.batch_size is not None
              else "train.batch_size"): min(t.batch_size, n_train),  # a batch is at most the data

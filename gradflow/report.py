@@ -298,25 +298,40 @@ STAND_IN = ("Data: the synthetic stand-in (gradflow.data.synthetic), not CIFAR-1
 
 def results_markdown(runs: dict, sweep: pd.DataFrame, published: dict[str, list[PublicRun]],
                      reference_test: dict, variants: dict[str, P.Variant]) -> str:
+    """results.md: the headline table, the summary, the reference's numbers, theory and
+    measurement, the forward signal, the controls, the depth sweep and the figures, in order;
+    a section with nothing to show is left out (the headline and the sweep say so instead)."""
     expected = {name: expected_verdict(name, variants.get(name), published,
                                        int(run["metrics"].get("epochs_run") or 1))
                 for name, run in runs.items()}
-    header = ["variant", "verdict", "reference", "final train loss", "best val acc", "test acc",
-              "test loss", "epochs", "best epoch", "params", "grad ratio at init (training)", "at end",
-              "signal share at init (probe)", "share at end"]
-    rows = []
-    for name, run in runs.items():
-        m = run["metrics"]
-        epochs = f"{m.get('epochs_run', '?')}/{m.get('epochs', '?')}"
-        verdict_text = m.get("verdict", "?")
-        if m.get("diverged_epoch"):
-            verdict_text += f" (epoch {m['diverged_epoch']})"
-        rows.append([name, verdict_text, expected[name], fmt(m.get("final_train_loss")),
-                     fmt(m.get("best_val_acc"), ".3f"), fmt(m.get("test_acc"), ".3f"),
-                     fmt(m.get("test_loss")), epochs, str(m.get("best_epoch")),
-                     fmt(m.get("params"), ",d"), ratio_text(m.get("log10_grad_ratio_init")),
-                     ratio_text(m.get("log10_grad_ratio_final")), share_text(m.get("signal_share_init")),
-                     share_text(m.get("signal_share_final"))])
+    sections = [headline_section(runs, expected), summary_section(runs, expected, published),
+                reference_section(reference_test, published), theory_section(runs), signal_section(runs),
+                controls_section(runs, variants), sweep_section(sweep), figures_section()]
+    return "\n".join(line for section in sections for line in section)
+
+
+HEADLINE_COLUMNS = ["variant", "verdict", "reference", "final train loss", "best val acc", "test acc",
+                    "test loss", "epochs", "best epoch", "params", "grad ratio at init (training)", "at end",
+                    "signal share at init (probe)", "share at end"]
+
+
+def headline_row(name: str, m: dict, expected: str) -> list[str]:
+    """A variant's row of the headline table, from its metrics."""
+    epochs = f"{m.get('epochs_run', '?')}/{m.get('epochs', '?')}"
+    verdict_text = m.get("verdict", "?")
+    if m.get("diverged_epoch"):
+        verdict_text += f" (epoch {m['diverged_epoch']})"
+    return [name, verdict_text, expected, fmt(m.get("final_train_loss")),
+            fmt(m.get("best_val_acc"), ".3f"), fmt(m.get("test_acc"), ".3f"),
+            fmt(m.get("test_loss")), epochs, str(m.get("best_epoch")),
+            fmt(m.get("params"), ",d"), ratio_text(m.get("log10_grad_ratio_init")),
+            ratio_text(m.get("log10_grad_ratio_final")), share_text(m.get("signal_share_init")),
+            share_text(m.get("signal_share_final"))]
+
+
+def headline_section(runs: dict, expected: dict[str, str]) -> list[str]:
+    """# Results: what the columns mean, a row per variant, the data and the verdict rule."""
+    rows = [headline_row(name, run["metrics"], expected[name]) for name, run in runs.items()]
     summary = run_summary([r["metrics"] for r in runs.values()])
     parts = ["# Results", "",
              f"Every variant in params.yaml that has metrics ({summary}). Epochs are "
@@ -329,7 +344,7 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, published: dict[str, list[
              "depends on the image (variance across the probe images over the total, per logit, "
              "averaged; float64: gradflow/probe.py), at the first and last probed snapshot. "
              "Timings are not here (they differ on every run): see dvclive/<variant>/timings.json.",
-             "", markdown_table(header, rows) if rows else "_No variant has metrics yet._", "",
+             "", markdown_table(HEADLINE_COLUMNS, rows) if rows else "_No variant has metrics yet._", "",
              *([STAND_IN, ""] if any(r["metrics"].get("data_source") == "synthetic" for r in runs.values()) else []),
              f"Verdict rule (gradflow/verdict.py): {RULE}. The reference column judges the "
              "published CIFAR-100 runs of the variant (the coursework's own, students' public runs "
@@ -337,63 +352,85 @@ def results_markdown(runs: dict, sweep: pd.DataFrame, published: dict[str, list[
              "this run had; for a fixed variant without one it gives the coursework's conclusion.", ""]
     sizes = sorted({(m["val_images"], m["epochs_run"]) for m in (r["metrics"] for r in runs.values())
                     if m.get("val_images") and m.get("epochs_run")})
-    parts += [f"- The rule's numbers in this run: {rule_numbers(n, e)}." for n, e in sizes]
-    parts += ["", "## Summary", ""]
-    parts += story(runs, expected) or ["_Nothing to summarise yet._"]
-    parts += [""]
+    return parts + [f"- The rule's numbers in this run: {rule_numbers(n, e)}." for n, e in sizes]
+
+
+def summary_section(runs: dict, expected: dict[str, str], published: dict[str, list[PublicRun]]) -> list[str]:
+    """## Summary, then where a verdict differs from its reference and why (if one does)."""
+    parts = ["", "## Summary", ""] + (story(runs, expected) or ["_Nothing to summarise yet._"]) + [""]
     why = why_story(runs, expected, published)
     if why:
         parts += ["## Where a verdict differs from its reference, and why", ""] + why + [""]
-    if reference_test:
-        coursework = {n: rs[0] for n, rs in published.items() if rs and rs[0].source == COURSEWORK}
-        parts += ["Reference (the coursework's shipped results, CIFAR-100, 100 epochs; "
-                  "see reference/README.md):", "",
-                  markdown_table(["reference", "verdict", "test acc", "test loss"],
-                                 [[f"reference {n} (coursework)",
-                                   coursework[n].verdict_after(len(coursework[n].curves))
-                                   if n in coursework else "n/a",
-                                   fmt(t.get("test_acc")), fmt(t.get("test_loss"))]
-                                  for n, t in reference_test.items()]), ""]
+    return parts
+
+
+def reference_section(reference_test: dict, published: dict[str, list[PublicRun]]) -> list[str]:
+    """The coursework's shipped test scores, with the verdict its curves get by the rule."""
+    if not reference_test:
+        return []
+    coursework = {n: rs[0] for n, rs in published.items() if rs and rs[0].source == COURSEWORK}
+    return ["Reference (the coursework's shipped results, CIFAR-100, 100 epochs; "
+            "see reference/README.md):", "",
+            markdown_table(["reference", "verdict", "test acc", "test loss"],
+                           [[f"reference {n} (coursework)",
+                             coursework[n].verdict_after(len(coursework[n].curves))
+                             if n in coursework else "n/a",
+                             fmt(t.get("test_acc")), fmt(t.get("test_loss"))]
+                            for n, t in reference_test.items()]), ""]
+
+
+def theory_section(runs: dict) -> list[str]:
     theory = theory_rows(runs)
-    if theory:
-        parts += ["## Theory beside measurement, at initialisation", "",
-                  "The mean-field prediction (gradflow/theory.py: second moments propagated through "
-                  "conv, bias, leaky ReLU, pooling and BN from the architecture, its initialisation "
-                  "and the probe images' covariance) against the probe batch's measurement.", "",
-                  markdown_table(["variant", "predicted first/last conv", "measured (probe)",
-                                  "measured / predicted mean abs grad, per layer"], theory), ""]
+    if not theory:
+        return []
+    return ["## Theory beside measurement, at initialisation", "",
+            "The mean-field prediction (gradflow/theory.py: second moments propagated through "
+            "conv, bias, leaky ReLU, pooling and BN from the architecture, its initialisation "
+            "and the probe images' covariance) against the probe batch's measurement.", "",
+            markdown_table(["variant", "predicted first/last conv", "measured (probe)",
+                            "measured / predicted mean abs grad, per layer"], theory), ""]
+
+
+def signal_section(runs: dict) -> list[str]:
     signal = signal_rows(runs)
-    if signal:
-        parts += ["## The forward signal", "",
-                  "Signal share (gradflow/probe.py): the part of a layer's output that depends on "
-                  "the image, per channel the variance across the probe images over the total second "
-                  "moment, averaged over channels, in float64. 0: every image gives the same output; "
-                  "the loss cannot fall below ln 100 then, whatever the gradients do. Measured / "
-                  "predicted: the mean-field form of the same share (gradflow/theory.py), at "
-                  f"initialisation, over the layers where it resolves (a share below "
-                  f"{SHARE_RESOLUTION:.0e} is lost to float64 cancellation in 1 - cross / same).", "",
-                  markdown_table(["variant", "verdict", "last conv at init", "at end", "logits at init",
-                                  "logits at end", "end epoch", "measured / predicted, per layer"], signal), ""]
-        parts += signal_story(runs) + [""]
+    if not signal:
+        return []
+    return ["## The forward signal", "",
+            "Signal share (gradflow/probe.py): the part of a layer's output that depends on "
+            "the image, per channel the variance across the probe images over the total second "
+            "moment, averaged over channels, in float64. 0: every image gives the same output; "
+            "the loss cannot fall below ln 100 then, whatever the gradients do. Measured / "
+            "predicted: the mean-field form of the same share (gradflow/theory.py), at "
+            f"initialisation, over the layers where it resolves (a share below "
+            f"{SHARE_RESOLUTION:.0e} is lost to float64 cancellation in 1 - cross / same).", "",
+            markdown_table(["variant", "verdict", "last conv at init", "at end", "logits at init",
+                            "logits at end", "end epoch", "measured / predicted, per layer"], signal), "",
+            *signal_story(runs), ""]
+
+
+def controls_section(runs: dict, variants: dict[str, P.Variant]) -> list[str]:
     controls = controls_story(runs, variants)
-    if controls:
-        parts += ["## The controls: is it the gradients or the signal?", "",
-                  "These variants keep the plain design and change only the initialisation or the "
-                  "optimizer (Adam's eps, SGD), so they test the explanation rather than fix the "
-                  "design: a recovered gradient ratio without a recovered signal share, and no "
-                  "learning, says the vanishing gradient is not the whole story.", ""] + controls + [""]
-    parts += ["## Depth sweep", ""]
+    if not controls:
+        return []
+    return ["## The controls: is it the gradients or the signal?", "",
+            "These variants keep the plain design and change only the initialisation or the "
+            "optimizer (Adam's eps, SGD), so they test the explanation rather than fix the "
+            "design: a recovered gradient ratio without a recovered signal share, and no "
+            "learning, says the vanishing gradient is not the whole story.", "", *controls, ""]
+
+
+def sweep_section(sweep: pd.DataFrame) -> list[str]:
     if sweep.empty:
-        parts += ["_No sweep results (metrics/sweep/ is empty)._", ""]
-    else:
-        parts += [markdown_table(
-            ["depth", "fix", "verdict", "final train loss", "best val acc", "grad ratio at init",
-             "predicted", "at end"],
-            [[str(r.depth), str(r.fix), str(r.verdict), fmt(r.final_train_loss), fmt(r.best_val_acc, ".3f"),
-              ratio_text(r.log10_grad_ratio_init), ratio_text(r.log10_grad_ratio_predicted),
-              ratio_text(r.log10_grad_ratio_final)]
-             for r in sweep.itertuples()]), ""]
-    parts += ["## Figures", ""]
-    parts += [f"- [{title}]({name})" for name, title in FIGURES.items()]
-    parts += [""] + [f"![{title}]({name})" for name, title in FIGURES.items()] + [""]
-    return "\n".join(parts)
+        return ["## Depth sweep", "", "_No sweep results (metrics/sweep/ is empty)._", ""]
+    return ["## Depth sweep", "", markdown_table(
+        ["depth", "fix", "verdict", "final train loss", "best val acc", "grad ratio at init",
+         "predicted", "at end"],
+        [[str(r.depth), str(r.fix), str(r.verdict), fmt(r.final_train_loss), fmt(r.best_val_acc, ".3f"),
+          ratio_text(r.log10_grad_ratio_init), ratio_text(r.log10_grad_ratio_predicted),
+          ratio_text(r.log10_grad_ratio_final)]
+         for r in sweep.itertuples()]), ""]
+
+
+def figures_section() -> list[str]:
+    return (["## Figures", ""] + [f"- [{title}]({name})" for name, title in FIGURES.items()]
+            + [""] + [f"![{title}]({name})" for name, title in FIGURES.items()] + [""])

@@ -31,12 +31,13 @@ from gradflow.workspace import require_safe_outputs
 
 @cli
 def main(argv: list[str]) -> None:
-    # No torch here: the check runs first in every `dvc exp run`, so it takes a fraction of a second.
+    # The check runs first in every `dvc exp run` and trains nothing: its seconds are torch's
+    # import and a meta-device forward per network for the memory estimate (gradflow/memory.py).
     parser = argparse.ArgumentParser(prog="python -m stages.check", description=__doc__.splitlines()[0])
     parser.parse_args(argv)
     stamp = P.params_stamp()  # before reading it: a change while the check runs shows later
     params = P.load(dvc_yaml=paths.DVC_YAML)
-    P.device_error(params.train.device)  # a device this machine lacks (imports torch only then)
+    P.device_error(params.train.device)  # a device this machine lacks
     require_fits(params)  # a run too big for the device's memory (gradflow/memory.py)
     require_safe_outputs(params.variants)  # a user's files where outputs go (gradflow/workspace.py)
     configs = {paths.data_config(): P.resolved_json(params.data)}

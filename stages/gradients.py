@@ -21,10 +21,10 @@ import sys
 
 from gradflow import params as P
 from gradflow import paths
-from gradflow.cli import cli, variant_parser
+from gradflow.cli import cli, stage_run, variant_parser
 from gradflow.data import load_dataset
 from gradflow.device import pick_device
-from gradflow.files import require_writable, write_csv, write_json
+from gradflow.files import write_csv, write_json
 from gradflow.probe import PROBE_COLUMNS, logits_signal_share, probe_run
 
 
@@ -34,25 +34,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--probe-size", type=int, help="probe images (dvc.yaml passes "
                         "gradients.probe_size); default: params.yaml's")
     args = parser.parse_args(argv)
-    stamp = P.checked_stamp()  # params.yaml as the check saw it: compared before writing outputs
-    params = None if args.config and args.probe_size is not None else P.load()
-    cfg = P.load_resolved(args.config) if args.config else params.run(args.variant)
-    if cfg.name != args.variant:
-        raise P.ParamsError(f"{args.config}: the config of {cfg.name!r}, not of {args.variant!r}")
-    probe_size = args.probe_size if args.probe_size is not None else params.gradients.probe_size
+    name = args.variant
+    run = stage_run("gradients", args.config, name, resolve=lambda params: params.run(name),
+                    outputs=[paths.grad_flow(name).parent, paths.signal_metrics(name).parent])
+    probe_size = args.probe_size if args.probe_size is not None else run.params.gradients.probe_size
     if probe_size < 1:  # 0 too: it used to mean "params.yaml's value"
         raise P.ParamsError(f"--probe-size / gradients.probe_size: must be >= 1, got {probe_size}")
-    require_writable([paths.grad_flow(cfg.name).parent, paths.signal_metrics(cfg.name).parent])
-    dataset = load_dataset(cfg.data)
-    rows, n_probe = probe_run(cfg, dataset, probe_size, pick_device(cfg.train.device))
-    if args.config:  # params.yaml must still say what this run used (a concurrent dvc exp run)
-        P.require_unchanged(args.config, cfg, f"gradients@{cfg.name}", stamp)
-    write_csv(paths.grad_flow(cfg.name), PROBE_COLUMNS, rows)
+    dataset = load_dataset(run.cfg.data)
+    rows, n_probe = probe_run(run.cfg, dataset, probe_size, pick_device(run.cfg.train.device))
+    run.before_writing()
+    write_csv(paths.grad_flow(name), PROBE_COLUMNS, rows)
     epochs = sorted({r[1] for r in rows})
-    write_json(paths.signal_metrics(cfg.name),  # the headline of the forward signal (gradflow/probe.py)
+    write_json(paths.signal_metrics(name),  # the headline of the forward signal (gradflow/probe.py)
                {"signal_share_init": logits_signal_share(rows, 0) if 0 in epochs else None,
                 "signal_share_final": logits_signal_share(rows, epochs[-1]) if epochs else None})
-    print(f"gradients: {cfg.name}: {len(rows)} rows on {n_probe} probe images -> {paths.grad_flow(cfg.name)}",
+    print(f"gradients: {name}: {len(rows)} rows on {n_probe} probe images -> {paths.grad_flow(name)}",
           file=sys.stderr)
 
 

@@ -27,13 +27,12 @@ import sys
 from gradflow import params as P
 from gradflow import paths
 from gradflow.capture import COLUMNS
-from gradflow.cli import cli, variant_parser
+from gradflow.cli import cli, stage_run, variant_parser
 from gradflow.data import load_dataset
-from gradflow.files import require_writable, torch_save, write_csv, write_json
+from gradflow.files import torch_save, write_csv, write_json
 from gradflow.live import LiveLog
 from gradflow.tables import HISTORY_COLUMNS
 from gradflow.training import Result, fit
-
 
 
 def write_history(name: str, points: list[dict]) -> None:
@@ -61,46 +60,48 @@ def relaunch_under_torchrun(variant: str, config: str | None) -> None:
     os.execv(sys.executable, cmd)
 
 
+def writes_outputs() -> bool:
+    """Whether this process writes the outputs: under torchrun only rank 0 does, once it has
+    left the process group (the collectives are over); without torchrun, the one process."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        return True
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    return rank == 0
+
+
 @cli
 def main(argv: list[str]) -> None:
-    parser = variant_parser("train", __doc__)
-    args = parser.parse_args(argv)
-    stamp = P.checked_stamp()  # params.yaml as the check saw it: compared before writing outputs
-    cfg = P.load_resolved(args.config) if args.config else P.load().run(args.variant)
-    if cfg.name != args.variant:
-        raise P.ParamsError(f"{args.config}: the config of {cfg.name!r}, not of {args.variant!r}")
+    args = variant_parser("train", __doc__).parse_args(argv)
+    name = args.variant
+    run = stage_run("train", args.config, name, resolve=lambda params: params.run(name),
+                    outputs=[paths.model(name).parent, paths.workdir(name), paths.checkpoint(name).parent,
+                             paths.metrics(name).parent, paths.history(name).parent,
+                             paths.grad_capture(name).parent, paths.LIVE])
+    cfg = run.cfg
     if cfg.train.distributed and "WORLD_SIZE" not in os.environ:
-        relaunch_under_torchrun(cfg.name, args.config)
-    workdir = paths.workdir(cfg.name)
-    # Every folder an output goes to, before any work: an immutable models/ found after the
-    # last epoch would cost the whole run.
-    require_writable([paths.model(cfg.name).parent, workdir, paths.checkpoint(cfg.name).parent,
-                      paths.metrics(cfg.name).parent, paths.history(cfg.name).parent,
-                      paths.grad_capture(cfg.name).parent, paths.LIVE])
+        relaunch_under_torchrun(name, args.config)
     dataset = load_dataset(cfg.data)
-    live = LiveLog(cfg.name, enabled=int(os.environ.get("RANK", 0)) == 0)
+    live = LiveLog(name, enabled=int(os.environ.get("RANK", 0)) == 0)
 
     def on_point(points: list[dict]) -> None:  # rank 0, after every point: what a run in progress shows
-        write_history(cfg.name, points)         # `dvc plots show`
+        write_history(name, points)             # `dvc plots show`
         live.point(points)                      # `dvc exp show`, `dvc metrics show`
 
-    result = fit(cfg, dataset, workdir=workdir, checkpoint=paths.checkpoint(cfg.name), on_point=on_point)
-    import torch.distributed as dist
-    if dist.is_initialized():  # under torchrun: the collectives are over; only rank 0 writes
-        rank = dist.get_rank()
-        dist.destroy_process_group()
-        if rank != 0:
-            return
-    if args.config:  # params.yaml must still say what this run trained with (a concurrent dvc exp run)
-        P.require_unchanged(args.config, cfg, f"train@{cfg.name}", stamp)
+    result = fit(cfg, dataset, workdir=paths.workdir(name), checkpoint=paths.checkpoint(name),
+                 on_point=on_point)
+    if not writes_outputs():
+        return
+    run.before_writing()
     metrics = write_outputs(cfg, result, dataset.source)
     timings = result.timings()
     live.end(timings)
-    paths.checkpoint(cfg.name).unlink(missing_ok=True)  # the run is complete: nothing to resume
-    print(f"train: {cfg.name}: {metrics['verdict']}, best val acc {metrics['best_val_acc']}, "
+    paths.checkpoint(name).unlink(missing_ok=True)  # the run is complete: nothing to resume
+    print(f"train: {name}: {metrics['verdict']}, best val acc {metrics['best_val_acc']}, "
           f"test acc {metrics['test_acc']} loss {metrics['test_loss']}, "
           f"{timings['seconds_per_epoch']:.1f} s/epoch on {timings['device']} "
-          f"(timings: {paths.live_timings(cfg.name)})", file=sys.stderr)
+          f"(timings: {paths.live_timings(name)})", file=sys.stderr)
 
 
 if __name__ == "__main__":

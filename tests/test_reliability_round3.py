@@ -203,12 +203,38 @@ def test_an_interrupted_dvc_repro_says_so_in_one_line_and_resumes(repro_project)
     lines = [line for line in output.splitlines() if "interrupted" in line]
     assert lines and lines[0] == (f"train: VGG_08: interrupted ({name}) after epoch {held} of 3; "
                                   f"rerun to resume (from models/.resume/VGG_08.pt)"), output[-3000:]
-    # dvc ignores Ctrl-C while a stage runs, and reports the stage's exit code
+    # dvc ignores Ctrl-C while a stage runs, reports the stage's exit code, and exits 255 (README)
     assert f"exited with {code}" in output or f"code {code}" in output, output[-3000:]
+    assert rc == 255
     again = run([DVC, "repro", "train@VGG_08"], cwd=repro_project)
     out = again.stdout + again.stderr
     assert f"resuming after epoch {held}" in out and "VGG_08 epoch 3/3" in out, out[-3000:]
     assert not (repro_project / "models" / ".resume" / "VGG_08.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_the_stage_dies_with_the_dvc_that_started_it(repro_project, signum):
+    """`kill <dvc pid>` or `timeout` signal dvc alone: its stage must not train on as an orphan
+    that writes outputs no dvc.lock records."""
+    env = {**os.environ, "PYTHONPATH": str(repro_project), "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(DVC).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen([DVC, "repro", "train@VGG_08"], cwd=repro_project, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    children = []
+
+    def kill_dvc_alone():
+        children.extend(int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                           text=True).stdout.split())
+        os.kill(proc.pid, signum)
+    kill_after_epoch(proc, repro_project / "models" / ".resume" / "VGG_08.pt", 1, 180, kill=kill_dvc_alone)
+    assert children, "no stage process under dvc"
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+              for pid in children):
+        assert time.monotonic() < deadline, "the stage outlived dvc by 30 s"
+        time.sleep(0.1)
+    assert not (repro_project / "metrics" / "VGG_08.json").exists()
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
@@ -303,6 +329,21 @@ def test_a_config_folder_is_one_line(copy):
              "data/config", "not a resolved config", "dvc repro check")
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (("train", "VGG_08"), "the config of 'VGG_38', not of 'VGG_08'"),
+    (("gradients", "VGG_08", "--probe-size", "10"), "the config of 'VGG_38', not of 'VGG_08'"),
+    (("sweep", "8", "none"), "the config of sweep point 'VGG_38', not of '8-none'"),
+])
+def test_the_config_of_another_run_is_one_line_before_any_work(project, args, fragment):
+    """Every stage that takes --config refuses another run's resolved config the same way
+    (gradflow.cli.stage_run), before it reads the data: none is fetched here."""
+    stage("check", cwd=project)
+    before = files(project)
+    one_line(stage(*args, "--config", "data/config/VGG_38.json", cwd=project, check=False),
+             "data/config/VGG_38.json", fragment)
+    assert files(project) == before
+
+
 def test_a_manifest_with_an_unknown_source_is_one_line(copy):
     manifest = copy / "data" / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "source": "x"}))
@@ -342,6 +383,35 @@ def test_the_memory_estimate_passes_the_shipped_params():
         memory.memory_of = real
 
 
+@pytest.mark.parametrize("switches", [{}, {"batch_norm": True, "residual": True}, {"dense": True},
+                                      {"deep_supervision": True}])
+def test_the_memory_estimate_counts_the_built_network(switches):
+    """model_sizes counts, on the meta device, what a real training forward keeps: the same
+    parameters, and a per-image share of the saved tensors' storage that never exceeds the
+    real one's (a lower bound: the refusal is only for what cannot fit)."""
+    import torch
+    from gradflow import memory
+    from gradflow import params as P
+    from gradflow.model import VGG
+    variant, model, batch = P.Variant(depth=14, **switches), P.ModelParams(filters=8, stages=2), 4
+    n_params, acts = memory.model_sizes(variant, model)
+    net = VGG(variant, model).train()
+    weights = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    storages = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:
+            storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(torch.zeros(batch, 3, 32, 32))
+    assert n_params == sum(p.numel() for p in net.parameters())
+    kept = sum(storages.values())
+    assert batch * acts * memory.BYTES <= kept < 1.05 * batch * acts * memory.BYTES
+
+
 def test_a_250_character_variant_name_is_one_line(project):
     params = tiny()
     params["variants"]["V" * 250] = {"depth": 8}
@@ -377,7 +447,7 @@ def test_a_second_bad_archive_never_overwrites_the_first_set_aside(project, monk
 
 
 def test_a_second_damaged_checkpoint_keeps_the_first_set_aside(tmp_path, capsys):
-    from gradflow.training import Checkpoint
+    from gradflow.resume import Checkpoint
     path = tmp_path / "VGG_08.pt"
     (tmp_path / "VGG_08.pt.corrupt").write_bytes(b"first")
     path.write_bytes(b"second")

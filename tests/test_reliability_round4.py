@@ -201,3 +201,39 @@ def test_a_snapshot_folder_that_is_a_mount_point_is_refused(tmp_path: Path, monk
     with pytest.raises(DataError, match="models/VGG_08: a mount point"):
         workspace.require_safe_outputs(["VGG_08"])
     workspace.require_safe_outputs(["VGG_38"])
+
+
+@pytest.mark.slow
+def test_a_dvc_lock_truncated_by_an_interrupted_dvc_is_restored_from_git(project: Path):
+    """DVC writes dvc.lock itself; a Ctrl-C during that write can leave it cut short. README's
+    advice, `git checkout HEAD -- dvc.lock`, brings back a lock DVC reads."""
+    from conftest import DVC, git_init, run
+    git_init(project)
+    run([DVC, "repro", "check"], cwd=project)
+    run(["git", "add", "-A"], cwd=project)
+    run(["git", "commit", "-qm", "check"], cwd=project)
+    lock = project / "dvc.lock"
+    text = lock.read_text()
+    lock.write_text(text[:text.index("deps:") + 2])  # cut inside a key, as a killed write leaves it
+    broken = run([DVC, "repro", "check"], cwd=project, check=False)
+    assert broken.returncode != 0 and "dvc.lock" in broken.stderr
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "git checkout HEAD -- dvc.lock" in readme
+    run(["git", "checkout", "HEAD", "--", "dvc.lock"], cwd=project)
+    assert run([DVC, "repro", "check"], cwd=project).returncode == 0
+
+
+def test_a_refusal_under_dvc_says_its_outputs_were_removed_and_how_to_restore_them(project: Path):
+    """DVC removes a stage's outputs before its command runs (DVC_STAGE names the stage): the
+    refusal of a bad input says so, and gives the command that brings back the recorded ones."""
+    from conftest import run, PYTHON
+    (project / "data").mkdir(exist_ok=True)
+    (project / "data" / "config").mkdir(exist_ok=True)
+    (project / "data" / "config" / "VGG_08.json").write_text("{not json")
+    proc = run([PYTHON, "-m", "stages.train", "VGG_08", "--config", "data/config/VGG_08.json"], cwd=project,
+               check=False, extra_env={"DVC_STAGE": "train@VGG_08"})
+    one_line(proc, "data/config/VGG_08.json", "DVC removed train@VGG_08's outputs before it ran",
+             "`dvc checkout train@VGG_08`")
+    alone = run([PYTHON, "-m", "stages.train", "VGG_08", "--config", "data/config/VGG_08.json"], cwd=project,
+                check=False)
+    assert "dvc checkout" not in one_line(alone, "data/config/VGG_08.json")
