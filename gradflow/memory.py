@@ -19,15 +19,35 @@ import torch
 
 from gradflow.errors import ParamsError
 from gradflow.model import VGG
-from gradflow.params import CIFAR100_TRAIN_SIZE, ModelParams, Variant
+from gradflow.params import CIFAR100_TEST_SIZE, CIFAR100_TRAIN_SIZE, ModelParams, Variant
 
 BYTES = 4  # fp32
+GIB = 1 << 30
 IMAGE = (3, 32, 32)  # one image of the data (gradflow/data.py checks every split has this shape)
+IMAGE_BYTES = IMAGE[0] * IMAGE[1] * IMAGE[2]  # as uint8
 BATCH = 2  # the counting forward's: two images tell a per-image tensor from a per-channel one
 GPU_FLOOR = 8 << 30  # no run below this needs CUDA initialised to read the GPU's size
 
 
-@functools.lru_cache(maxsize=None)  # variants and sweep points share networks; each costs a meta forward
+@functools.lru_cache(maxsize=None)  # variants and sweep points share networks
+def _built(variant: Variant, model: ModelParams) -> torch.nn.Module:
+    with torch.device("meta"):
+        return VGG(variant, model).train()
+
+
+def activation_bound(variant: Variant, model: ModelParams) -> int:
+    """An upper bound of model_sizes' activations per image from the built network's layers
+    alone, without the forward pass (the first meta forward of a process costs ~1 s): twice
+    every conv's input and output at the image's full resolution (a conv keeps its input, its
+    norm and activation their own, a pooling its input: at most 2 x (in + out) channels of
+    them), and each linear layer's input. 3-5x the exact count for these networks."""
+    pixels = IMAGE[1] * IMAGE[2]
+    net = _built(variant, model)
+    return sum(2 * (m.in_channels + m.out_channels) * pixels if isinstance(m, torch.nn.Conv2d)
+               else m.in_features if isinstance(m, torch.nn.Linear) else 0 for m in net.modules())
+
+
+@functools.lru_cache(maxsize=None)
 def model_sizes(variant: Variant, model: ModelParams) -> tuple[int, int]:
     """(parameters, activation values per image) of the network gradflow.model.VGG builds.
 
@@ -36,8 +56,7 @@ def model_sizes(variant: Variant, model: ModelParams) -> tuple[int, int]:
     one), the parameters left out (counted as such), and only those with the batch as their
     first dimension: per-channel statistics (BN's 1-D mean and inverse std) do not grow with
     the batch."""
-    with torch.device("meta"):
-        net = VGG(variant, model).train()
+    net = _built(variant, model)
     weights = {id(p) for p in net.parameters()}
     kept = {}  # id -> tensor, holding each one so that no id is reused while counting
 
@@ -71,34 +90,57 @@ def memory_of(device: str, need: int) -> tuple[int, str] | None:
     return (ram, "this machine's RAM") if ram else None
 
 
+def dataset_bytes(data) -> tuple[int, str]:
+    """(bytes, its largest part's key) of the dataset as uint8 images: what the fetch stage
+    holds while it writes data/dataset.pt and what a training run holds in memory."""
+    if data.source == "cifar100":
+        return (CIFAR100_TRAIN_SIZE + CIFAR100_TEST_SIZE) * IMAGE_BYTES, "data.source"
+    key = max(("data.synthetic_train_size", "data.synthetic_test_size"),
+              key=lambda k: getattr(data, k.split(".")[1]))
+    return (data.synthetic_train_size + data.synthetic_test_size) * IMAGE_BYTES, key
+
+
 def require_fits(params) -> None:
-    """ParamsError naming the key, for the first run (variant or sweep point) that cannot fit."""
-    gib = 1 << 30
-    d = params.data
+    """ParamsError naming the key, for the dataset the fetch stage makes, or the first run
+    (variant or sweep point) that cannot fit."""
+    data, key = dataset_bytes(params.data)
+    need = 2 * data  # the images, and the file's bytes as torch.save writes them
+    have = memory_of("cpu", need)  # the fetch stage runs on the CPU
+    if have is not None and need > have[0]:
+        raise ParamsError(f"{key}: the fetch stage would need at least {need / GIB:,.1f} GiB for the "
+                          f"dataset's images ({data / GIB:,.1f} GiB as uint8, and as much again to write "
+                          f"them), more than the {have[0] / GIB:,.0f} GiB of {have[1]}; lower {key}")
+    for name, run in params.runs().items():
+        _require_run_fits(params, name, run, data)
+
+
+def _require_run_fits(params, name: str, run, data: int) -> None:
+    d, v, t = params.data, run.variant, run.train
     n_train = (CIFAR100_TRAIN_SIZE if d.source == "cifar100" else d.synthetic_train_size) - d.val_size
     n_train = min(n_train, d.train_limit or n_train)
-    n_eval = max(d.val_size, 10_000 if d.source == "cifar100" else d.synthetic_test_size)
+    n_eval = max(d.val_size, CIFAR100_TEST_SIZE if d.source == "cifar100" else d.synthetic_test_size)
     n_eval = min(n_eval, d.eval_limit or n_eval)
-    for name, run in params.runs().items():
-        v, t = run.variant, run.train
-        n_params, acts = model_sizes(v, run.model)
-        batches = {  # key -> (images, how many activation copies per image)
-            (f"variants.{name}.batch_size" if name in params.variants and v.batch_size is not None
-             else "train.batch_size"): min(t.batch_size, n_train),  # a batch is at most the data
-            "train.eval_batch_size": -(-min(t.eval_batch_size, n_eval) // 3),  # no backward: a third kept
-        }
-        if name in params.variants:  # the gradients stage probes variants, not sweep points
-            batches["gradients.probe_size"] = min(params.gradients.probe_size, d.val_size, n_eval)
-        batch_key = max(batches, key=batches.get)
-        weights, activations = 4 * n_params * BYTES, batches[batch_key] * acts * BYTES
-        need = weights + activations
+    batches = {  # key -> images whose activations are kept at once
+        (f"variants.{name}.batch_size" if name in params.variants and v.batch_size is not None
+         else "train.batch_size"): min(t.batch_size, n_train),  # a batch is at most the data
+        "train.eval_batch_size": -(-min(t.eval_batch_size, n_eval) // 3),  # no backward: a third kept
+    }
+    if name in params.variants:  # the gradients stage probes variants, not sweep points
+        batches["gradients.probe_size"] = min(params.gradients.probe_size, d.val_size, n_eval)
+    batch_key = max(batches, key=batches.get)
+    n_params = sum(p.numel() for p in _built(v, run.model).parameters())
+    weights = 4 * n_params * BYTES
+    # The bound first: exact counting only where the bound would not fit.
+    for count in (activation_bound, lambda *a: model_sizes(*a)[1]):
+        activations = batches[batch_key] * count(v, run.model) * BYTES
+        need = weights + activations + data
         have = memory_of(t.device, need)
         if have is None or need <= have[0]:
-            continue
-        key = "model.filters" if weights > activations else batch_key
-        what = name if name in params.variants else f"sweep point {name.removeprefix('sweep-')}"
-        raise ParamsError(
-            f"{key}: {what} would need at least {need / gib:,.0f} GiB (model.filters {run.model.filters}: "
-            f"{n_params:,} parameters, {weights / gib:,.1f} GiB with gradients and Adam's state; "
-            f"activations of {batches[batch_key]} images ({batch_key}): {activations / gib:,.1f} GiB), "
-            f"more than the {have[0] / gib:,.0f} GiB of {have[1]}; lower {key}")
+            return
+    key = "model.filters" if weights > activations else batch_key
+    what = name if name in params.variants else f"sweep point {name.removeprefix('sweep-')}"
+    raise ParamsError(
+        f"{key}: {what} would need at least {need / GIB:,.0f} GiB (model.filters {run.model.filters}: "
+        f"{n_params:,} parameters, {weights / GIB:,.1f} GiB with gradients and Adam's state; "
+        f"activations of {batches[batch_key]} images ({batch_key}): {activations / GIB:,.1f} GiB; the "
+        f"dataset {data / GIB:,.1f} GiB), more than the {have[0] / GIB:,.0f} GiB of {have[1]}; lower {key}")

@@ -31,6 +31,7 @@ from gradflow.fixes import FIXES, Fix, switched_on, sweep_names, sweep_switches
 PARAMS_FILE = Path("params.yaml")
 SECTIONS = ("data", "model", "train", "variants", "gradients", "sweep")  # all required in the file
 CIFAR100_TRAIN_SIZE = 50_000  # data.val_size must stay below it
+CIFAR100_TEST_SIZE = 10_000
 MAX_NAME = 100  # bytes (UTF-8) in a variant's name; file names stop at 255 bytes
 MAX_SEED = 2**32 - 1  # seeds are mixed into torch generator seeds (seed * 1_000_003 + ...): no overflow
 MAX_RATE = 1e30  # lr, weight decay, eta_min: fp32 holds them (up to 3.4e38) with room for lr x grad

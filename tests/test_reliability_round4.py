@@ -237,3 +237,32 @@ def test_a_refusal_under_dvc_says_its_outputs_were_removed_and_how_to_restore_th
     alone = run([PYTHON, "-m", "stages.train", "VGG_08", "--config", "data/config/VGG_08.json"], cwd=project,
                 check=False)
     assert "dvc checkout" not in one_line(alone, "data/config/VGG_08.json")
+
+
+@pytest.mark.parametrize("key", ["data.synthetic_test_size", "data.synthetic_train_size"])
+def test_a_dataset_too_big_for_memory_is_refused_by_the_check(project: Path, key):
+    """10^8 synthetic images are 286 GiB as uint8: the check refuses them before DVC deletes
+    data/dataset.pt, instead of the fetch stage failing to allocate them."""
+    import yaml
+    from conftest import setting
+    from test_reliability import tiny
+    from test_reliability_round3 import check_refuses
+    check_refuses(project, yaml.safe_dump(setting(key, 10**8)(tiny()), sort_keys=False), key,
+                  "the fetch stage would need at least")
+
+
+@pytest.mark.parametrize("switches", [{}, {"batch_norm": True, "residual": True}, {"dense": True},
+                                      {"deep_supervision": True}, {"residual": True, "residual_reduction": True},
+                                      {"init": "kaiming"}])
+@pytest.mark.parametrize("depth", [8, 14, 98])
+def test_the_quick_memory_bound_is_never_below_the_exact_count(switches, depth):
+    """The check skips the exact (forward) count where the bound fits; so the bound must hold."""
+    from gradflow.memory import activation_bound, model_sizes
+    from gradflow.params import ModelParams, ParamsError, Variant, depth_error
+    for model in (ModelParams(filters=32, stages=3), ModelParams(filters=4, stages=2)):
+        try:
+            depth_error(depth, model.stages, "depth")
+        except ParamsError:
+            continue  # 8 has no 2-stage form
+        v = Variant(depth=depth, **switches)
+        assert activation_bound(v, model) >= model_sizes(v, model)[1]
