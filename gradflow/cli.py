@@ -133,13 +133,13 @@ class StageRun:
             self._params = P.load()
         return self._params
 
-    def before_writing(self) -> None:
+    def before_writing(self, written: str = "its outputs are not written") -> None:
         """ParamsError unless params.yaml still resolves to the config this run used: a second
         `dvc exp run` in the workspace can change it under a running stage, whose outputs would
         then be recorded with the other run's params. Only with a resolved-config file: a
         stage run by hand has nothing to compare with."""
         if self.config:
-            P.require_unchanged(self.config, self.cfg, f"{self.stage}@{self.cfg.name}", self.stamp)
+            P.require_unchanged(self.config, self.cfg, f"{self.stage}@{self.cfg.name}", self.stamp, written)
 
 
 def stage_run(stage: str, config: str | None, name: str, resolve, outputs, what: str = "") -> StageRun:

@@ -546,12 +546,14 @@ def checked_stamp() -> list | None:
     return stamp if isinstance(stamp, list) else params_stamp()
 
 
-def require_unchanged(config_path: Path | str, cfg: RunConfig, stage: str, stamp: list | None) -> None:
+def require_unchanged(config_path: Path | str, cfg: RunConfig, stage: str, stamp: list | None,
+                      written: str = "its outputs are not written") -> None:
     """ParamsError unless params.yaml still resolves to `cfg`, the config this run used (read
     from `config_path` when it started). DVC writes `dvc exp run -S` values into params.yaml
     before it takes its lock, so a second `dvc exp run` in the same workspace can change the
     params under a running one, which would then record the other run's values with its own
-    outputs. Called before a stage writes its outputs: then it writes none. params.yaml is
+    outputs. Called before a stage writes its outputs: then it writes none (`written` says what
+    the workspace holds instead: a train stage checks at every point of its curves). params.yaml is
     reread only when its stamp differs from `stamp` (checked_stamp() at the stage's start), so
     an undisturbed run never reads it: it is no input of the stage's outputs."""
     if params_stamp() == stamp:
@@ -562,14 +564,14 @@ def require_unchanged(config_path: Path | str, cfg: RunConfig, stage: str, stamp
     try:
         current = load().runs().get(name)
     except ParamsError as e:
-        raise ParamsError(f"params.yaml changed while {stage} ran and is now refused ({e}); its outputs "
-                          f"are not written; {advice}") from None
+        raise ParamsError(f"params.yaml changed while {stage} ran and is now refused ({e}); {written}; "
+                          f"{advice}") from None
     if current is None or current.to_json() != cfg.to_json():
         what = ("it no longer has this run" if current is None else
                 _first_difference(json.loads(cfg.to_json()), json.loads(current.to_json())))
         raise ParamsError(f"params.yaml changed while {stage} ran: {config_path} is no longer what it "
-                          f"resolves to ({what}), so its outputs are not written (they would be recorded "
-                          f"with the new params); {advice}")
+                          f"resolves to ({what}), so {written} (they would be recorded with the new "
+                          f"params); {advice}")
 
 
 def load(path: Path | str = PARAMS_FILE, dvc_yaml: Path | None = None) -> Params:

@@ -86,6 +86,11 @@ def main(argv: list[str]) -> None:
     live = LiveLog(name, enabled=int(os.environ.get("RANK", 0)) == 0)
 
     def on_point(points: list[dict]) -> None:  # rank 0, after every point: what a run in progress shows
+        # A run whose params.yaml changed under it (a second `dvc exp run`) stops here, before it
+        # writes more under the other run's name; what it wrote so far is said in its one line.
+        run.before_writing(f"it stopped before writing its point at {points[-1]['images_seen']:,} images: "
+                           f"{paths.history(name)}, {paths.live(name)}/metrics.json and {paths.workdir(name)}/ "
+                           f"hold its earlier points and snapshots, its other outputs are not written")
         write_history(name, points)             # `dvc plots show`
         live.point(points)                      # `dvc exp show`, `dvc metrics show`
 

@@ -476,8 +476,11 @@ def test_params_changed_while_training_writes_no_outputs_and_says_so(copy):
         copy, base=setting("train.lr", 0.003)(setting("train.epochs", 3)(setting("data.synthetic_train_size", 2200)(tiny())))))
     result = subprocess.CompletedProcess(proc.args, proc.returncode, "", proc.stderr.read())
     one_line(result, "params.yaml changed while train@VGG_08 ran", "train.lr: 0.001 -> 0.003",
-             "dvc queue start", notes="train: ")
+             "dvc queue start", "it stopped before writing its point at", notes="train: ")
     assert {rel: (copy / rel).read_bytes() for rel in before} == before  # the earlier outputs, untouched
+    # stopped at the first point after the change: no third epoch, the curves end before it
+    assert "epoch 3/3" not in result.stderr
+    assert "\nVGG_08,3," not in (copy / "plots" / "history" / "VGG_08.csv").read_text()
     assert ckpt.is_file()  # the trained epochs are kept
 
 
