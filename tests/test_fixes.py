@@ -240,8 +240,8 @@ def test_a_new_fix_is_one_class_and_its_switch(tmp_path):
     project = copy_project(tmp_path / "project")
     with open(project / "gradflow" / "fixes.py", "a") as f:
         f.write(TOY_FIX)
-    write_params(project, {"variants": {"VGG_08": {"depth": 8}, "VGG_14_GN": {"depth": 14, "group_norm": True}},
-                           "sweep": {"depths": [14], "fixes": ["none", "gn"], "epochs": 1}})
+    write_params(project, {"variants": {"VGG_14_GN": {"depth": 14, "group_norm": True}},
+                           "sweep": {"depths": [8], "fixes": ["gn"], "epochs": 1}})
     git_init(project)
     run([DVC, "repro"], cwd=project)
 
@@ -256,5 +256,5 @@ def test_a_new_fix_is_one_class_and_its_switch(tmp_path):
     assert "learns (coursework's conclusion)" in row
     assert any(line.startswith("| VGG_14_GN | no mean-field form") for line in results.splitlines())
     # sweepable, under its sweep name
-    point = json.loads((project / "metrics" / "sweep" / "14-gn.json").read_text())
+    point = json.loads((project / "metrics" / "sweep" / "8-gn.json").read_text())
     assert point["fix"] == "gn" and point["verdict"]
