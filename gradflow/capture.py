@@ -13,7 +13,7 @@ the k-th conv/linear layer at k, BN/transition/aux layers at +0.5), appended las
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections import namedtuple
 
 import torch
 
@@ -22,19 +22,9 @@ from gradflow.tables import CAPTURE_COLUMNS as COLUMNS  # noqa: F401  (the colum
 from gradflow.tables import STATS
 
 
-class CaptureRow(NamedTuple):
-    """One layer at one sampled step: a row of plots/grad_capture/V.csv without the variant
-    (COLUMNS[1:], in that order; the train stage writes `(variant, *row)`)."""
-    epoch: int
-    step: int  # the optimizer step of the run, counted from 0
-    layer_index: int
-    layer: str
-    mean_abs_grad: float
-    grad_norm: float
-    max_abs_grad: float
-    weight_norm: float
-    update_ratio: float
-    depth: float
+# One layer at one sampled step: a row of plots/grad_capture/V.csv without the variant (the
+# train stage writes `(variant, *row)`), its fields named by the table's columns (gradflow/tables.py).
+CaptureRow = namedtuple("CaptureRow", COLUMNS[1:])
 
 
 def grad_stats(params: list[torch.Tensor], numel: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+from collections import namedtuple
 from typing import NamedTuple
 
 import torch
@@ -34,25 +35,8 @@ class LayerProbe(NamedTuple):
     acts: list[float]  # its output's mean, std, fraction <= 0, signal share
 
 
-class ProbeRow(NamedTuple):
-    """A row of plots/grad_flow/V.csv: PROBE_COLUMNS, in that order."""
-    variant: str
-    epoch: int
-    step: int  # the optimizer steps before the snapshot: epoch x steps per epoch
-    layer_index: int
-    layer: str
-    mean_abs_grad: float
-    grad_norm: float
-    max_abs_grad: float
-    weight_norm: float
-    update_ratio: float  # NaN: a probe takes no optimizer step
-    depth: float
-    act_mean: float
-    act_std: float
-    act_nonpos_frac: float
-    signal_share: float
-    predicted_mean_abs_grad: float  # NaN after epoch 0 and where the variant has no mean-field form
-    predicted_signal_share: float
+# A row of plots/grad_flow/V.csv, its fields named by the table's columns (gradflow/tables.py).
+ProbeRow = namedtuple("ProbeRow", PROBE_COLUMNS)
 
 
 def signal_share(out: torch.Tensor) -> float:
