@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from gradflow import params as P
@@ -43,11 +44,33 @@ def signal_number(e: BaseException) -> int:
     return e.signum if isinstance(e, Interrupted) else signal.SIGINT
 
 
+SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "fish"}
+
+
+def _stat(pid: int) -> tuple[str, str, int] | None:
+    """(command name, state, parent pid) of a process from /proc; None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+    return comm, rest[0], int(rest[1])
+
+
+def _watch(pid: int) -> None:
+    """SIGTERM this process once `pid` has exited (gone, or a zombie not reaped yet)."""
+    while (stat := _stat(pid)) is not None and stat[1] != "Z":
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def die_with_parent() -> None:
-    """Get SIGTERM when the process that started this one exits (Linux's PR_SET_PDEATHSIG).
-    DVC runs a stage as its child: killed alone (`kill <dvc pid>`, `timeout`, kill -9), it would
-    leave the stage training as an orphan that later writes outputs no dvc.lock records, beside
-    the next run. SIGTERM stops the stage as `kill` does: one line, its resume checkpoint kept."""
+    """Get SIGTERM when the process that started this one exits. DVC runs a stage as its child:
+    killed alone (`kill <dvc pid>`, `timeout`, kill -9), it would leave the stage training as an
+    orphan that later writes outputs no dvc.lock records, beside the next run. SIGTERM stops the
+    stage as `kill` does: one line, its resume checkpoint kept. Linux: PR_SET_PDEATHSIG for the
+    parent; under DVC (DVC_STAGE set) also a watch on dvc itself where a shell stands between
+    (dvc runs `$SHELL -c cmd`: bash execs the command, Debian's /bin/sh forks it)."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -58,6 +81,11 @@ def die_with_parent() -> None:
         return
     if os.getppid() != parent:  # the parent exited before the request took effect
         raise Interrupted(signal.SIGTERM)
+    watched = parent
+    while "DVC_STAGE" in os.environ and (stat := _stat(watched)) is not None and stat[0] in SHELLS:
+        watched = stat[2]
+    if watched != parent and watched > 1:
+        threading.Thread(target=_watch, args=(watched,), daemon=True, name="die-with-dvc").start()
 
 
 def removed_outputs_note() -> str:

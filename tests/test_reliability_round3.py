@@ -213,12 +213,17 @@ def test_an_interrupted_dvc_repro_says_so_in_one_line_and_resumes(repro_project)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_the_stage_dies_with_the_dvc_that_started_it(repro_project, signum):
+@pytest.mark.parametrize("signum, shell", [(signal.SIGTERM, "bash"), (signal.SIGKILL, None)],
+                         ids=["SIGTERM-bash", "SIGKILL-sh"])
+def test_the_stage_dies_with_the_dvc_that_started_it(repro_project, signum, shell):
     """`kill <dvc pid>` or `timeout` signal dvc alone: its stage must not train on as an orphan
-    that writes outputs no dvc.lock records."""
+    that writes outputs no dvc.lock records. dvc runs the stage through $SHELL: bash execs it (dvc
+    is its parent), /bin/sh without SHELL (CI) forks it (a shell stands between)."""
     env = {**os.environ, "PYTHONPATH": str(repro_project), "DVC_NO_ANALYTICS": "1",
            "PATH": f"{Path(DVC).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("SHELL", None)
+    if shell:
+        env["SHELL"] = shutil.which(shell)
     proc = subprocess.Popen([DVC, "repro", "train@VGG_08"], cwd=repro_project, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     children = []
