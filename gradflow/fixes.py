@@ -59,6 +59,11 @@ class Fix:
     def initialise(self, model: nn.Module) -> None:
         pass
 
+    def conv_variance(self, fan_in: int) -> tuple[float, float] | None:
+        """(Var[w], Var[b]) of a conv's weights and bias after `initialise`, for the mean-field
+        theory; None: the initialisation is PyTorch's default."""
+        return None
+
 
 @register
 class BatchNorm(Fix):
@@ -101,6 +106,9 @@ class HeInit(Fix):
                 nn.init.kaiming_normal_(m.weight, a=0.01, mode="fan_in", nonlinearity="leaky_relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    def conv_variance(self, fan_in: int) -> tuple[float, float]:
+        return 2 / ((1 + 0.01 ** 2) * fan_in), 0.0
 
 
 class DenseInput(nn.Module):

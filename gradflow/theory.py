@@ -107,7 +107,7 @@ import torch
 from torch import nn
 
 from gradflow.device import single_threaded
-from gradflow.fixes import HeInit, switched_on
+from gradflow.fixes import Fix, switched_on
 from gradflow.model import VGG, ConvBlock, probed_parameters
 from gradflow.params import ModelParams, Variant
 
@@ -316,15 +316,12 @@ def input_kernel(images: torch.Tensor) -> Kernel:
 
 class _Conv:
     """A built 3x3 conv's mean-field form: its weights' variance from the initialisation, PyTorch's
-    default or He's (gradflow.fixes.HeInit)."""
+    default or a fix's (gradflow.fixes: `conv_variance`)."""
 
-    def __init__(self, name: str, conv: nn.Conv2d, he_init: bool):
+    def __init__(self, name: str, conv: nn.Conv2d, fixes: list[Fix]):
         self.name, self.channels_in, self.channels_out = name, conv.in_channels, conv.out_channels
         fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-        if he_init:
-            self.w_var, self.b_var = 2 / ((1 + SLOPE ** 2) * fan_in), 0.0
-        else:
-            self.w_var, self.b_var = 1 / (3 * fan_in), 1 / (3 * fan_in)
+        self.w_var, self.b_var = _init_variance(fixes, fan_in)
         self.bias = conv.bias is not None
         self.rectified_input = True  # False for the stem: the images are not a leaky ReLU's output
         self.gate_coherence = 0.0  # of the pre-activation whose leaky ReLU gates the backward
@@ -349,6 +346,19 @@ class _Conv:
         return self.channels_out * self.w_var * _shift_sum(b)  # C_out Var[w], for the transpose
 
 
+def _init_variance(fixes: list[Fix], fan_in: int) -> tuple[float, float]:
+    """(Var[w], Var[b]) of a conv after initialisation: the first switched-on fix that says,
+    else PyTorch's default (kaiming_uniform(a=sqrt(5)): 1 / (3 fan_in) for both). A fix that
+    re-initialises the network without saying has no form here."""
+    for fix in fixes:
+        variance = fix.conv_variance(fan_in)
+        if variance is not None:
+            return variance
+        if type(fix).initialise is not Fix.initialise:
+            raise NotImplementedError(f"{fix.switch}: re-initialises the network but gives no conv_variance")
+    return 1 / (3 * fan_in), 1 / (3 * fan_in)
+
+
 class _BN:
     def __init__(self, name: str, norm: nn.Module):
         if not isinstance(norm, nn.BatchNorm2d):  # a fix claims a mean-field form this file lacks
@@ -370,9 +380,9 @@ class _Block:
     """conv -> [BN] -> lrelu -> [pool] -> conv -> [BN] -> lrelu, as ConvBlock without a skip
     (residual blocks have no mean-field form here: `supported`)."""
 
-    def __init__(self, name: str, block: ConvBlock, he_init: bool):
+    def __init__(self, name: str, block: ConvBlock, fixes: list[Fix]):
         self.reduce, self.name = block.reduce, name
-        self.convs = [_Conv(f"{name}_conv_{i}", conv, he_init) for i, conv in enumerate((block.conv_0, block.conv_1))]
+        self.convs = [_Conv(f"{name}_conv_{i}", conv, fixes) for i, conv in enumerate((block.conv_0, block.conv_1))]
         self.bns = [None if isinstance(norm, nn.Identity) else _BN(f"{name}_bn_{i}", norm)
                     for i, norm in enumerate((block.bn_0, block.bn_1))]
 
@@ -441,17 +451,17 @@ def predict(variant: Variant, model: ModelParams, *, input_second_moment: float 
     # random state is untouched): the prediction walks its layers instead of re-deriving them.
     with torch.device("meta"):
         net = VGG(variant, model)
-    he_init = any(isinstance(f, HeInit) for f in switched_on(variant))
+    fixes = switched_on(variant)
     width, classes = net.logit_linear_layer.in_features, net.logit_linear_layer.out_features
 
     # forward
-    stem = _Conv("input_conv_conv_0", net.input_conv.conv_0, he_init)
+    stem = _Conv("input_conv_conv_0", net.input_conv.conv_0, fixes)
     stem.rectified_input = False
     stem_bn = _BN("input_conv_bn_0", net.input_conv.bn_0)
     k = stem_bn.forward(stem.forward(input_kernel, biases))
     stem.gate_coherence = k.coherence()
     k, stem_d = _lrelu(k)
-    blocks = [_Block(name, module, he_init) for name, module in net.named_children()
+    blocks = [_Block(name, module, fixes) for name, module in net.named_children()
               if isinstance(module, ConvBlock)]  # in forward order
     for block in blocks:
         k = block.forward(k, biases)
