@@ -35,6 +35,10 @@ def _built(variant: Variant, model: ModelParams) -> torch.nn.Module:
         return VGG(variant, model).train()
 
 
+def parameter_count(variant: Variant, model: ModelParams) -> int:
+    return sum(p.numel() for p in _built(variant, model).parameters())
+
+
 def activation_bound(variant: Variant, model: ModelParams) -> int:
     """An upper bound of model_sizes' activations per image from the built network's layers
     alone, without the forward pass (the first meta forward of a process costs ~1 s): twice
@@ -68,7 +72,7 @@ def model_sizes(variant: Variant, model: ModelParams) -> tuple[int, int]:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         net(torch.empty(BATCH, *IMAGE, device="meta"))
-    return sum(p.numel() for p in net.parameters()), sum(t.numel() for t in kept.values()) // BATCH
+    return parameter_count(variant, model), sum(t.numel() for t in kept.values()) // BATCH
 
 
 def memory_of(device: str, need: int) -> tuple[int, str] | None:
@@ -128,7 +132,7 @@ def _require_run_fits(params, name: str, run, data: int) -> None:
     if name in params.variants:  # the gradients stage probes variants, not sweep points
         batches["gradients.probe_size"] = min(params.gradients.probe_size, d.val_size, n_eval)
     batch_key = max(batches, key=batches.get)
-    n_params = sum(p.numel() for p in _built(v, run.model).parameters())
+    n_params = parameter_count(v, run.model)
     weights = 4 * n_params * BYTES
     # The bound first: exact counting only where the bound would not fit.
     for count in (activation_bound, lambda *a: model_sizes(*a)[1]):

@@ -11,7 +11,7 @@ import pandas as pd
 from gradflow import params as P
 from gradflow.figures import FIGURES, run_summary
 from gradflow.fixes import switched_on
-from gradflow.model import LOGITS
+from gradflow.model import LOGITS, is_conv
 from gradflow.reference import COURSEWORK, PublicRun
 from gradflow.theory import SHARE_RESOLUTION
 from gradflow.verdict import CHANCE_LOSS, RULE, STUCK_LOSS_BAND, VERDICTS, learns_threshold, rule_numbers
@@ -185,7 +185,7 @@ def signal_rows(runs: dict) -> list[list[str]]:
         if flow.empty or "signal_share" not in flow:
             continue
         flow = flow[~flow["layer"].str.endswith("_bias")]
-        convs = flow[flow["layer"].str.contains(r"conv_\d+$", regex=True)]
+        convs = flow[flow["layer"].map(is_conv)]
         logits = flow[flow["layer"] == LOGITS]
         last_epoch = int(flow["epoch"].max())
 
@@ -272,7 +272,7 @@ def theory_rows(runs: dict) -> list[list[str]]:
         if flow.empty or "predicted_mean_abs_grad" not in flow:
             continue
         init = flow[flow["epoch"] == 0]
-        convs = init[init["layer"].str.contains(r"conv_\d+$", regex=True)]
+        convs = init[init["layer"].map(is_conv)]
         if len(convs) < 2:
             continue
         measured = convs["mean_abs_grad"].iloc[0] / convs["mean_abs_grad"].iloc[-1]

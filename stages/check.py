@@ -32,7 +32,7 @@ from gradflow.workspace import require_safe_outputs
 @cli
 def main(argv: list[str]) -> None:
     # The check runs first in every `dvc exp run` and trains nothing: its seconds are torch's
-    # import and a meta-device forward per network for the memory estimate (gradflow/memory.py).
+    # import and the networks built on the meta device for the memory estimate (gradflow/memory.py).
     parser = argparse.ArgumentParser(prog="python -m stages.check", description=__doc__.splitlines()[0])
     parser.parse_args(argv)
     stamp = P.params_stamp()  # before reading it: a change while the check runs shows later
