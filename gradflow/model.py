@@ -93,8 +93,9 @@ class VGG(nn.Module):
             head = self._add(fixes, lambda f: f.head(width), str(s)) if s < model.stages - 1 else None
             self.plan.append((steps, head))
         self.logit_linear_layer = nn.Linear(width, NUM_CLASSES)
-        for f in fixes:
-            f.initialise(self)
+        if not self.logit_linear_layer.weight.is_meta:  # shapes only (gradflow/memory.py): drawing
+            for f in fixes:                               # values there imports torch._dynamo, ~1 s
+                f.initialise(self)
 
     def _add(self, fixes: list, build, suffix: str) -> str | None:
         """Register the piece of the first fix that builds one here, as `<its piece>_<suffix>`."""
