@@ -49,7 +49,7 @@ def test_the_rest_trains_the_other_variants_from_the_committed_baseline(tmp_path
     project = copy_project(tmp_path / "project")
     params = yaml.safe_load((project / "params.yaml").read_text())
     others = [name for name in params["variants"] if name not in FINDING]
-    for name in others[2:]:  # two others are enough to show the rest trains them, and cost less
+    for name in others[1:]:  # one other is enough to show the rest trains it, and costs less
         del params["variants"][name]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git_init(project)
@@ -62,8 +62,8 @@ def test_the_rest_trains_the_other_variants_from_the_committed_baseline(tmp_path
     assert set(yaml.safe_load((project / "params.yaml").read_text())["variants"]) == set(FINDING)
 
     second = run(["bash", "-c", rest.replace("python -m", f"{PYTHON} -m")], cwd=project)
-    assert set(yaml.safe_load((project / "params.yaml").read_text())["variants"]) == {*FINDING, *others[:2]}
-    for name in others[:2]:
+    assert set(yaml.safe_load((project / "params.yaml").read_text())["variants"]) == {*FINDING, others[0]}
+    for name in others[:1]:
         assert (project / "metrics" / f"{name}.json").is_file(), name
         assert f"stage 'train@{name}'" in second.stdout + second.stderr
     for name in FINDING:

@@ -76,7 +76,8 @@ def drift_line(proc) -> str:
 def test_a_failed_or_earlier_run_names_the_keys_it_leaves_behind(tmp_path: Path):
     """`dvc exp run -S` leaves its values in params.yaml. A failed run says in one line which
     keys now differ from the last commit and how to restore them; a good run that carries
-    values over from an earlier one says so too, before it trains."""
+    values over from an earlier one says so too, before it trains. The check stage says it
+    (first in every run), so the good runs stop there: `dvc exp run ... check`."""
     project = copy_project(tmp_path / "project")
     write_params(project, PARAMS)
     git_init(project)
@@ -87,11 +88,11 @@ def test_a_failed_or_earlier_run_names_the_keys_it_leaves_behind(tmp_path: Path)
     line = drift_line(failed)
     assert "train.epochs" in line and "git checkout HEAD -- params.yaml" in line
     run(["bash", "-c", line.split(": ")[-1]], cwd=project)  # the command it printed
-    good = run([DVC, "exp", "run", "-S", "train.lr=0.002"], cwd=project)
+    good = run([DVC, "exp", "run", "-S", "train.lr=0.002", "check"], cwd=project)
     assert "train.epochs" not in drift_line(good) and "train.lr" in drift_line(good)
 
     # good, then good with other keys: the second names the first's lr as carried over
-    second = run([DVC, "exp", "run", "-S", "train.flip=false"], cwd=project)
+    second = run([DVC, "exp", "run", "-S", "train.flip=false", "check"], cwd=project)
     line = drift_line(second)
     assert "train.lr" in line and "train.flip" in line
     assert yaml.safe_load((project / "params.yaml").read_text())["train"]["lr"] == 0.002
