@@ -203,16 +203,18 @@ class StageRun:
             P.require_unchanged(self.config, self.cfg, f"{self.stage}@{self.cfg.name}", self.stamp, written)
 
 
-def stage_run(stage: str, config: str | None, name: str, resolve, outputs, what: str = "") -> StageRun:
+def stage_run(stage: str, config: str | None, name: str, resolve, files, folders=(),
+              what: str = "") -> StageRun:
     """Start a run of `stage` for the run `name` (`VGG_38`, `38-bn_rc`; `what` says what it is
-    in the refusal): its config from the file `config`, or `resolve(params)` without one; then
-    every folder in `outputs` must be writable, before any work."""
+    in the refusal): its config from the file `config`, or `resolve(params)` without one; then,
+    before any work, each output file in `files` must be replaceable and its folder, and each
+    of `folders`, writable."""
     stamp = P.checked_stamp()  # params.yaml as the check saw it: compared before writing outputs
     params = None if config else P.load()
     cfg = P.load_resolved(config) if config else resolve(params)
     if cfg.name != name:
         raise P.ParamsError(f"{config}: the config of {what}{cfg.name!r}, not of {name!r}")
-    require_writable(outputs)
+    require_writable(dict.fromkeys([*folders, *(Path(f).parent for f in files)]), files)
     return StageRun(stage, config, cfg, stamp, params)
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,10 +139,42 @@ def atomic_write(path: Path | str, write) -> None:
                 pass
 
 
-def require_writable(directories) -> None:
+# Linux's file attribute flags (chattr): an immutable or append-only file cannot be replaced
+# or removed, by root neither, and its permission bits do not say so.
+FS_IOC_GETFLAGS, FS_IMMUTABLE_FL, FS_APPEND_FL = 0x80086601, 0x10, 0x20
+
+
+def _locked(path: Path) -> str | None:
+    """"immutable" or "append-only" for a file chattr +i / +a made so; None otherwise (and where
+    the filesystem or the OS has no such flags)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:  # absent, a symlink, unreadable: its write will say what is wrong
+        return None
+    try:
+        flags = bytearray(8)
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    value = int.from_bytes(flags[:4], sys.byteorder)
+    return "immutable" if value & FS_IMMUTABLE_FL else "append-only" if value & FS_APPEND_FL else None
+
+
+def require_writable(directories, files=()) -> None:
     """DataError unless a file can be made in each directory (and in the temporary folder its
-    writes use): a read-only or immutable output folder stops a stage before it works, in one
-    line, not at its first write with a traceback."""
+    writes use), and each of `files` that exists can be replaced: a read-only or immutable
+    output folder, or an immutable output file, stops a stage before it works, in one line, not
+    at its first write with a traceback (after the training it came to save)."""
+    for path in files:
+        how = _locked(Path(path))
+        if how:
+            flag = "i" if how == "immutable" else "a"
+            raise DataError(f"{path}: cannot replace it (the file is {how}); chattr -{flag} {path} "
+                            f"and rerun")
     for directory in directories:
         directory = Path(directory)
         try:

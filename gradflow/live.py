@@ -15,7 +15,6 @@ so `dvc exp show` and `dvc metrics show` read it while the variant trains.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from gradflow import paths
 from gradflow.files import write_json
@@ -25,7 +24,7 @@ LIVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 class LiveLog:
     def __init__(self, name: str, enabled: bool = True):
-        self.dir: Path = paths.live(name)
+        self.name, self.dir = name, paths.live(name)
         self.enabled, self.live, self.logged = enabled, None, 0
         if enabled:
             from dvclive import Live  # only a training run needs it
@@ -33,7 +32,7 @@ class LiveLog:
                 self.live = Live(dir=str(self.dir), resume=False, dvcyaml=None, save_dvc_exp=False,
                                  report=None)
             except Exception as e:  # e.g. scmrepo's "Empty git repo" in a repo with no commit yet
-                print(f"train: DVCLive could not start ({e}); writing {self.dir}/metrics.json without it",
+                print(f"train: DVCLive could not start ({e}); writing {paths.live_metrics(name)} without it",
                       file=sys.stderr)
                 self.dir.mkdir(parents=True, exist_ok=True)
             self.summary({})  # from the start: the last experiment's numbers are gone
@@ -42,7 +41,7 @@ class LiveLog:
         if self.live is not None:
             self.live.make_summary()
         else:  # the same file DVCLive writes
-            write_json(self.dir / "metrics.json", values)
+            write_json(paths.live_metrics(self.name), values)
 
     def point(self, points: list[dict]) -> None:
         """Log the points not logged yet (all of them after a resume: the log is rewritten
@@ -59,6 +58,6 @@ class LiveLog:
 
     def end(self, timings: dict) -> None:
         if self.enabled:
-            write_json(paths.live_timings(self.dir.name), timings)
+            write_json(paths.live_timings(self.name), timings)
         if self.live is not None:
             self.live.end()

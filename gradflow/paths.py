@@ -98,6 +98,11 @@ def live(name: str) -> Path:
     return LIVE / name
 
 
+def live_metrics(name: str) -> Path:
+    """DVCLive's metrics.json of the run: an output of train@ (the latest point's numbers)."""
+    return live(name) / "metrics.json"
+
+
 def live_timings(name: str) -> Path:
     """The run's timings: they differ on every run, so not an output (git-ignored)."""
     return live(name) / "timings.json"

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     name = args.variant
     run = stage_run("gradients", args.config, name, resolve=lambda params: params.run(name),
-                    outputs=[paths.grad_flow(name).parent, paths.signal_metrics(name).parent])
+                    files=[paths.grad_flow(name), paths.signal_metrics(name)])
     probe_size = args.probe_size if args.probe_size is not None else run.params.gradients.probe_size
     if probe_size < 1:  # 0 too: it used to mean "params.yaml's value"
         raise P.ParamsError(f"--probe-size / gradients.probe_size: must be >= 1, got {probe_size}")

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
     point = f"{args.depth}-{args.fix}"
     run = stage_run("sweep", args.config, point, what="sweep point ",
                     resolve=lambda params: params.sweep_run(args.depth, args.fix),
-                    outputs=[paths.sweep_metrics(args.depth, args.fix).parent])
+                    files=[paths.sweep_metrics(args.depth, args.fix)])
     dataset = load_dataset(run.cfg.data)
     result = fit(run.cfg, dataset, progress="sweep ")
     run.before_writing()

@@ -29,6 +29,7 @@ from gradflow import paths
 from gradflow.capture import COLUMNS
 from gradflow.cli import cli, stage_run, variant_parser
 from gradflow.data import load_dataset
+from gradflow.errors import DataError
 from gradflow.files import torch_save, write_csv, write_json
 from gradflow.live import LiveLog
 from gradflow.tables import HISTORY_COLUMNS
@@ -75,10 +76,10 @@ def writes_outputs() -> bool:
 def main(argv: list[str]) -> None:
     args = variant_parser("train", __doc__).parse_args(argv)
     name = args.variant
+    outputs = [paths.model(name), paths.checkpoint(name), paths.metrics(name), paths.history(name),
+               paths.grad_capture(name), paths.live_metrics(name)]
     run = stage_run("train", args.config, name, resolve=lambda params: params.run(name),
-                    outputs=[paths.model(name).parent, paths.workdir(name), paths.checkpoint(name).parent,
-                             paths.metrics(name).parent, paths.history(name).parent,
-                             paths.grad_capture(name).parent, paths.LIVE])
+                    files=[*outputs, *sorted(paths.workdir(name).glob("*"))], folders=[paths.workdir(name)])
     cfg = run.cfg
     if cfg.train.distributed and "WORLD_SIZE" not in os.environ:
         relaunch_under_torchrun(name, args.config)
@@ -89,19 +90,27 @@ def main(argv: list[str]) -> None:
         # A run whose params.yaml changed under it (a second `dvc exp run`) stops here, before it
         # writes more under the other run's name; what it wrote so far is said in its one line.
         run.before_writing(f"it stopped before writing its point at {points[-1]['images_seen']:,} images: "
-                           f"{paths.history(name)}, {paths.live(name)}/metrics.json and {paths.workdir(name)}/ "
+                           f"{paths.history(name)}, {paths.live_metrics(name)} and {paths.workdir(name)}/ "
                            f"hold its earlier points and snapshots, its other outputs are not written")
         write_history(name, points)             # `dvc plots show`
         live.point(points)                      # `dvc exp show`, `dvc metrics show`
+        written[:] = [points[-1]["images_seen"]]
 
-    result = fit(cfg, dataset, workdir=paths.workdir(name), checkpoint=paths.checkpoint(name),
-                 on_point=on_point)
-    if not writes_outputs():
-        return
-    run.before_writing()
-    metrics = write_outputs(cfg, result, dataset.source)
-    timings = result.timings()
-    live.end(timings)
+    written = []  # the images seen at the last point this run wrote
+    try:
+        result = fit(cfg, dataset, workdir=paths.workdir(name), checkpoint=paths.checkpoint(name),
+                     on_point=on_point)
+        if not writes_outputs():
+            return
+        run.before_writing()
+        metrics = write_outputs(cfg, result, dataset.source)
+        timings = result.timings()
+        live.end(timings)
+    except DataError as e:  # a full disk, say, after this run replaced the previous run's curves
+        if not written:
+            raise
+        raise DataError(f"{e}; {paths.history(name)} and {paths.live_metrics(name)} hold this run's "
+                        f"points up to {written[0]:,} images, not the previous run's") from None
     paths.checkpoint(name).unlink(missing_ok=True)  # the run is complete: nothing to resume
     print(f"train: {name}: {metrics['verdict']}, best val acc {metrics['best_val_acc']}, "
           f"test acc {metrics['test_acc']} loss {metrics['test_loss']}, "

@@ -135,6 +135,20 @@ def test_a_full_disk_is_one_line_naming_it_and_keeps_the_earlier_snapshots(copy,
     assert stray_temporaries(workdir) == []
 
 
+def test_a_full_disk_after_a_point_says_the_curves_hold_this_run(copy, tmpfs):
+    """Room for the first snapshot, not the second: the epoch's point was written (the curves
+    now hold this run), so the line says so rather than only "what was there is kept"."""
+    workdir = copy / "models" / "VGG_08"
+    size = (workdir / "epoch_000.pt").stat().st_size
+    for path in workdir.iterdir():
+        path.unlink()
+    tmpfs(workdir, f"{size * 3 // 2 // 1024 + 4}k")  # epoch_000.pt fits, epoch_001.pt not beside it
+    proc = stage("train", "VGG_08", cwd=copy, check=False)
+    line = one_line(proc, "models/VGG_08/epoch_001.pt", "no space left on", notes="train: VGG_08 epoch")
+    assert ("plots/history/VGG_08.csv and dvclive/VGG_08/metrics.json hold this run's points up to "
+            in line), line
+
+
 def test_an_immutable_models_folder_is_one_line_before_training(copy):
     models = copy / "models"
     before = files(copy)
@@ -145,6 +159,23 @@ def test_an_immutable_models_folder_is_one_line_before_training(copy):
         make_writable(models)
     one_line(proc, "models: cannot write there", "chattr -i models")
     assert "epoch 1/1" not in proc.stderr  # refused before training, not after it
+    assert files(copy) == before
+
+
+def test_an_immutable_output_file_is_one_line_before_training(copy):
+    """metrics/VGG_08.json made immutable (chattr +i: not even root replaces it) is found
+    before training, not when the trained run comes to write it."""
+    metrics = copy / "metrics" / "VGG_08.json"
+    before = files(copy)
+    if subprocess.run(["chattr", "+i", str(metrics)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i needs root (CAP_LINUX_IMMUTABLE) and an ext4/xfs/btrfs/tmpfs disk")
+    try:
+        proc = stage("train", "VGG_08", cwd=copy, check=False)
+    finally:
+        subprocess.run(["chattr", "-i", str(metrics)], capture_output=True)
+    one_line(proc, "metrics/VGG_08.json: cannot replace it (the file is immutable)",
+             "chattr -i metrics/VGG_08.json")
+    assert "epoch 1/1" not in proc.stderr
     assert files(copy) == before
 
 
