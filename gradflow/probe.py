@@ -10,6 +10,7 @@ activation comes after), its signal share, and at epoch 0 the mean-field predict
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import sys
 from collections import namedtuple
@@ -63,10 +64,24 @@ def _outputs(model: VGG, owners: set[str]):
     return outputs, hooks
 
 
+# Images per float64 convolution call. PyTorch's float64 convolution on the CPU unfolds its whole
+# input at once: 200 probe images of 32 channels at 32x32 take 470 MB, far past the caches.
+# In chunks of 10 the same arithmetic (each image's own unfold and matrix product: the results
+# are bit-identical) ran 2.2x faster at 32x32 and 3.4x at 16x16 on a 2-core AMD EPYC.
+CONV_CHUNK = 10
+
+
+def _chunked_conv(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([conv._conv_forward(part, conv.weight, conv.bias) for part in x.split(CONV_CHUNK)])
+
+
 def signal_shares(model: VGG, x: torch.Tensor, owners: set[str]) -> dict[str, float]:
     """signal_share of every parameter-owning layer's output, from a float64 copy of the model
     run forward on the probe batch in training mode (as the probe runs)."""
     model64 = copy.deepcopy(model).double()
+    for module in model64.modules():
+        if isinstance(module, torch.nn.Conv2d):  # batch norm still sees the whole batch
+            module.forward = functools.partial(_chunked_conv, module)
     outputs, hooks = _outputs(model64, owners)
     model64.train()
     try:
