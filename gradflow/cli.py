@@ -207,14 +207,14 @@ def stage_run(stage: str, config: str | None, name: str, resolve, files, folders
               what: str = "") -> StageRun:
     """Start a run of `stage` for the run `name` (`VGG_38`, `38-bn_rc`; `what` says what it is
     in the refusal): its config from the file `config`, or `resolve(params)` without one; then,
-    before any work, each output file in `files` must be replaceable and its folder, and each
-    of `folders`, writable."""
+    before any work, each output file in `files` must be replaceable, and the folder of each
+    (or where given, `folders` instead: DVCLive makes its own), writable."""
     stamp = P.checked_stamp()  # params.yaml as the check saw it: compared before writing outputs
     params = None if config else P.load()
     cfg = P.load_resolved(config) if config else resolve(params)
     if cfg.name != name:
         raise P.ParamsError(f"{config}: the config of {what}{cfg.name!r}, not of {name!r}")
-    require_writable(dict.fromkeys([*folders, *(Path(f).parent for f in files)]), files)
+    require_writable(folders or dict.fromkeys(Path(f).parent for f in files), files)
     return StageRun(stage, config, cfg, stamp, params)
 
 

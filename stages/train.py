@@ -77,9 +77,10 @@ def main(argv: list[str]) -> None:
     args = variant_parser("train", __doc__).parse_args(argv)
     name = args.variant
     outputs = [paths.model(name), paths.checkpoint(name), paths.metrics(name), paths.history(name),
-               paths.grad_capture(name), paths.live_metrics(name)]
+               paths.grad_capture(name)]
     run = stage_run("train", args.config, name, resolve=lambda params: params.run(name),
-                    files=[*outputs, *sorted(paths.workdir(name).glob("*"))], folders=[paths.workdir(name)])
+                    files=[*outputs, paths.live_metrics(name), *sorted(paths.workdir(name).glob("*"))],
+                    folders=[*dict.fromkeys(f.parent for f in outputs), paths.workdir(name), paths.LIVE])
     cfg = run.cfg
     if cfg.train.distributed and "WORLD_SIZE" not in os.environ:
         relaunch_under_torchrun(name, args.config)
