@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import stage, write_params
+from conftest import PYTHON, run, stage, write_params
 from test_reliability import one_line
 
 ARCHIVE = Path("data/raw/cifar-100-python.tar.gz")
@@ -266,3 +266,20 @@ def test_the_quick_memory_bound_is_never_below_the_exact_count(switches, depth):
             continue  # 8 has no 2-stage form
         v = Variant(depth=depth, **switches)
         assert activation_bound(v, model) >= model_sizes(v, model)[1]
+
+
+def test_a_stage_that_fails_on_a_bug_ends_with_its_traceback_and_no_shutdown_noise(fetched: Path):
+    """An unexpected error (a bug: here `fit` raising, after DVCLive started) prints its
+    traceback, exit 1, and nothing after it: the stage exits without the interpreter's teardown,
+    where libraries print "Exception ignored ..." lines (gradflow.cli)."""
+    code = ("import sys, stages.train as s\n"
+            "def boom(*args, **kwargs): raise RuntimeError('a bug')\n"
+            "s.fit = boom\n"
+            "sys.argv = ['stages.train', 'VGG_08']\n"
+            "s.main()\n"
+            "print('not reached')\n")
+    proc = run([PYTHON, "-c", code], cwd=fetched, check=False)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("Traceback") and lines[-1] == "RuntimeError: a bug", proc.stderr
+    assert "Exception ignored" not in proc.stderr and "not reached" not in proc.stdout
