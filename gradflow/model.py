@@ -93,8 +93,10 @@ class VGG(nn.Module):
             head = self._add(fixes, lambda f: f.head(width), str(s)) if s < model.stages - 1 else None
             self.plan.append((steps, head))
         self.logit_linear_layer = nn.Linear(width, NUM_CLASSES)
-        if not self.logit_linear_layer.weight.is_meta:  # shapes only (gradflow/memory.py): drawing
-            for f in fixes:                               # values there imports torch._dynamo, ~1 s
+        # On the meta device the network is shapes only (gradflow/memory.py, gradflow/theory.py):
+        # drawing initial values there would import torch._dynamo, ~1 s of the check stage.
+        if not self.logit_linear_layer.weight.is_meta:
+            for f in fixes:
                 f.initialise(self)
 
     def _add(self, fixes: list, build, suffix: str) -> str | None:
