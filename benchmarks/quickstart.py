@@ -41,18 +41,9 @@ def readme_command() -> str:
     return block.group(1)
 
 
-def timed(command: str, cwd: Path) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    proc = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if proc.returncode:
-        sys.exit(f"quickstart: exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return seconds, proc.stdout
-
-
-def timed_stages(command: str, cwd: Path) -> tuple[float, str, dict[str, float]]:
-    """(seconds, stdout, {stage: wall seconds}) of a command that runs `dvc exp run`: a stage
-    runs from DVC's "Running stage '<name>':" line to the next one, the last to the results
+def timed(command: str, cwd: Path) -> tuple[float, str, dict[str, float]]:
+    """(seconds, stdout, {stage: wall seconds}) of a command; where it runs `dvc exp run`, a
+    stage runs from DVC's "Running stage '<name>':" line to the next one, the last to the results
     table's first line (or the end); "(before the first stage)" and "(after the stages)" are
     DVC's start and the table."""
     t0 = time.perf_counter()
@@ -97,8 +88,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "clone"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-        install_s, _ = timed(install, clone)
-        rest_s, printed, stages = timed_stages(MAIN_JOB.removeprefix(" && ") + rest, clone)
+        install_s, _, _ = timed(install, clone)
+        rest_s, printed, stages = timed(MAIN_JOB.removeprefix(" && ") + rest, clone)
         keep = ROOT / "plots" / "quickstart"  # the committed copy the README shows
         keep.mkdir(parents=True, exist_ok=True)
         for name in ("training_curves.png", "gradient_flow.png", "signal_flow.png", "results.md"):
